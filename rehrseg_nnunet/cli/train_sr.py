@@ -1,0 +1,54 @@
+"""rehrseg_train_sr — train the self-supervised SR model (stages 1a, 1b, 1c) of an nnU-Net raw dataset."""
+
+from __future__ import annotations
+
+import argparse
+
+from rehrseg_nnunet.cli.common import run_cli
+from rehrseg_nnunet.geometry import parse_slice_axis
+from rehrseg_nnunet.sr.config import PRESETS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rehrseg_train_sr",
+        description="Learn, from thick-slice images and labels alone, to super-resolve the slice axis of both "
+                    "(REHRSeg stage 1). Reads nnUNet_raw/DatasetXXX_Name; writes a model folder.")
+    parser.add_argument("-d", dest="dataset", required=True, help="dataset id or name under nnUNet_raw")
+    parser.add_argument("-o", "--output", default=None,
+                        help="model folder (default: nnUNet_results/DatasetXXX_Name/rehrseg_sr)")
+    parser.add_argument("-device", default=None, choices=["cuda", "mps", "cpu"],
+                        help="torch device (default: cuda > mps > cpu, whichever is available)")
+    parser.add_argument("--preset", default="small", choices=sorted(PRESETS),
+                        help="network size and schedule: small trains on 2 CPU cores in minutes; paper = the authors' sizes")
+    parser.add_argument("--scale-factor", type=int, default=None,
+                        help="r, the number of HR slices per thick slice (default: round(slice / in-plane spacing))")
+    parser.add_argument("--slice-axis", default=None,
+                        help="x, y or z (SimpleITK index order); default: the axis with the largest spacing")
+    parser.add_argument("--steps", type=int, nargs="+", default=None,
+                        help="training steps of stages 1a 1b 1c (one value for all stages)")
+    parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument("--continue", dest="resume", action="store_true",
+                        help="resume an interrupted training from its last checkpoint")
+    parser.add_argument("--init-flavr", default=None,
+                        help="FLAVR 4x video-interpolation checkpoint to initialise stage 1b (stem/output re-initialised)")
+    parser.add_argument("--profile", default="gaussian", choices=["gaussian", "box"],
+                        help="slice profile used to simulate thick slices in training pairs")
+    parser.add_argument("--save-every", type=int, default=100, help="checkpoint interval in steps")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+
+    def body() -> None:
+        from rehrseg_nnunet.sr.train import train_sr
+        train_sr(args.dataset, args.output, args.device, args.preset, args.scale_factor,
+                 parse_slice_axis(args.slice_axis), args.steps, args.seed, args.resume, args.init_flavr,
+                 args.profile, args.save_every)
+
+    run_cli("rehrseg_train_sr", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""Reading and checking nnU-Net raw datasets (thick-slice images + LR labels).
+
+Every check runs before anything is written, and every failure is a :class:`RehrsegInputError`
+whose message names the file and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from rehrseg_nnunet.errors import RehrsegInputError
+from rehrseg_nnunet.geometry import (AXIS_NAMES, Grid, check_scale_factor, detect_slice_axis,
+                                     infer_scale_factor, numpy_axis)
+
+
+@dataclass
+class RawCase:
+    identifier: str
+    image_files: list[str]
+    label_file: str | None
+
+
+@dataclass
+class RawDataset:
+    """An nnU-Net raw dataset folder with its dataset.json."""
+
+    name: str
+    folder: str
+    dataset_json: dict
+    training: list[RawCase]
+    test: list[RawCase] = field(default_factory=list)
+
+    @property
+    def file_ending(self) -> str:
+        return self.dataset_json["file_ending"]
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.dataset_json["channel_names"])
+
+    @property
+    def label_values(self) -> list[int]:
+        return sorted(int(v) for v in self.dataset_json["labels"].values())
+
+
+@dataclass(frozen=True)
+class DatasetGeometry:
+    """What all cases of a dataset share: the slice axis (x, y, z order) and the scale factor r."""
+
+    slice_axis: int
+    scale_factor: int
+    lr_spacing: tuple[float, float, float]
+
+    @property
+    def hr_spacing(self) -> tuple[float, float, float]:
+        spacing = list(self.lr_spacing)
+        spacing[self.slice_axis] /= self.scale_factor
+        return tuple(spacing)
+
+
+def raw_root() -> str:
+    root = os.environ.get("nnUNet_raw")
+    if not root:
+        raise RehrsegInputError("The environment variable nnUNet_raw is not set; export nnUNet_raw=/path/to/nnUNet_raw.")
+    return root
+
+
+def resolve_dataset_folder(dataset: str | int) -> tuple[str, str]:
+    """Find ``DatasetXXX_Name`` under ``nnUNet_raw`` from an id (``4``, ``004``) or a full name.
+
+    Returns:
+        (dataset name, folder path).
+    """
+    root = raw_root()
+    text = str(dataset).strip()
+    if text.startswith("Dataset"):
+        candidates = [text] if os.path.isdir(os.path.join(root, text)) else []
+    else:
+        try:
+            dataset_id = int(text)
+        except ValueError:
+            raise RehrsegInputError(
+                f"Dataset '{dataset}' is neither an id nor a DatasetXXX_Name; give e.g. -d 4 or -d Dataset004_Brain."
+            ) from None
+        prefix = f"Dataset{dataset_id:03d}_"
+        candidates = sorted(d for d in os.listdir(root) if d.startswith(prefix)
+                            and os.path.isdir(os.path.join(root, d))) if os.path.isdir(root) else []
+    if not candidates:
+        raise RehrsegInputError(
+            f"Dataset '{dataset}' does not exist in nnUNet_raw ({root}); check the id with `ls {root}`."
+        )
+    if len(candidates) > 1:
+        raise RehrsegInputError(f"Dataset id '{dataset}' matches several folders {candidates} in {root}; pass the full name.")
+    return candidates[0], os.path.join(root, candidates[0])
+
+
+def _cases_in(folder: str, file_ending: str, num_channels: int, label_folder: str | None) -> list[RawCase]:
+    if not os.path.isdir(folder):
+        return []
+    files = sorted(f for f in os.listdir(folder) if f.endswith(file_ending))
+    identifiers = sorted({f[: -len(file_ending) - 5] for f in files})
+    cases = []
+    for identifier in identifiers:
+        images = [os.path.join(folder, f"{identifier}_{c:04d}{file_ending}") for c in range(num_channels)]
+        for path in images:
+            if not os.path.isfile(path):
+                raise RehrsegInputError(
+                    f"{path} is missing: case '{identifier}' needs {num_channels} channel file(s) "
+                    f"{identifier}_0000..{num_channels - 1:04d}{file_ending}; add it or remove the case."
+                )
+        label = os.path.join(label_folder, identifier + file_ending) if label_folder else None
+        cases.append(RawCase(identifier, images, label))
+    return cases
+
+
+def load_raw_dataset(dataset: str | int) -> RawDataset:
+    """Open an nnU-Net raw dataset by id or name and list its training (and test) cases."""
+    name, folder = resolve_dataset_folder(dataset)
+    json_path = os.path.join(folder, "dataset.json")
+    if not os.path.isfile(json_path):
+        raise RehrsegInputError(f"{json_path} is missing: {folder} is not an nnU-Net raw dataset; create its dataset.json.")
+    with open(json_path) as handle:
+        dataset_json = json.load(handle)
+    for key in ("channel_names", "labels", "file_ending"):
+        if key not in dataset_json:
+            raise RehrsegInputError(f"{json_path} has no '{key}' entry; add it as nnU-Net's dataset format requires.")
+    for name_, value in dataset_json["labels"].items():
+        if not isinstance(value, int):
+            raise RehrsegInputError(
+                f"{json_path}: label '{name_}' is a region ({value}); REHRSeg supports plain integer labels only."
+            )
+    if "dataset" in dataset_json:
+        raise RehrsegInputError(f"{json_path} lists files in a 'dataset' entry; REHRSeg reads imagesTr/labelsTr folders only.")
+    file_ending = dataset_json["file_ending"]
+    num_channels = len(dataset_json["channel_names"])
+    training = _cases_in(os.path.join(folder, "imagesTr"), file_ending, num_channels, os.path.join(folder, "labelsTr"))
+    if not training:
+        raise RehrsegInputError(
+            f"{os.path.join(folder, 'imagesTr')} holds no *_0000{file_ending} images; add training cases."
+        )
+    test = _cases_in(os.path.join(folder, "imagesTs"), file_ending, num_channels, None)
+    return RawDataset(name, folder, dataset_json, training, test)
+
+
+def read_image(path: str) -> sitk.Image:
+    try:
+        return sitk.ReadImage(path)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[-1] if str(error).strip() else "unreadable"
+        raise RehrsegInputError(f"{path} cannot be read by SimpleITK ({first}); convert it to NIfTI (.nii.gz).") from None
+
+
+def _check_finite(path: str, image: sitk.Image) -> None:
+    array = sitk.GetArrayViewFromImage(image)
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise RehrsegInputError(f"{path} contains NaN or Inf voxels; replace them (e.g. by 0) before training.")
+
+
+def read_case(case: RawCase, require_label: bool = True) -> tuple[list[sitk.Image], sitk.Image | None]:
+    """Read and check one case: 3D, finite, every channel and the label on one geometry."""
+    images = []
+    for path in case.image_files:
+        image = read_image(path)
+        if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+            raise RehrsegInputError(
+                f"{path} is a {image.GetDimension()}D image with {image.GetNumberOfComponentsPerPixel()} component(s); "
+                f"REHRSeg needs one 3D scalar volume per channel file."
+            )
+        _check_finite(path, image)
+        images.append(image)
+    reference = Grid.from_image(images[0])
+    for path, image in zip(case.image_files[1:], images[1:]):
+        if not Grid.from_image(image).matches(reference):
+            raise RehrsegInputError(f"{path} has another geometry than {case.image_files[0]}; resample all channels onto one grid.")
+    label = None
+    if case.label_file is not None:
+        if not os.path.isfile(case.label_file):
+            if require_label:
+                raise RehrsegInputError(
+                    f"{case.label_file} is missing: case '{case.identifier}' has no label; add it or remove the case's images."
+                )
+        else:
+            label = read_image(case.label_file)
+            if label.GetDimension() != 3:
+                raise RehrsegInputError(f"{case.label_file} is {label.GetDimension()}D; labels must be 3D volumes like their images.")
+            if not Grid.from_image(label).matches(reference):
+                raise RehrsegInputError(
+                    f"{case.label_file} does not share the geometry (size/spacing/origin/direction) of "
+                    f"{case.image_files[0]}; resample the label onto the image grid."
+                )
+            _check_finite(case.label_file, label)
+    return images, label
+
+
+def check_label_values(path: str, label: np.ndarray, allowed: Sequence[int]) -> None:
+    present = np.unique(label)
+    extra = sorted(set(present.tolist()) - set(int(v) for v in allowed))
+    if extra:
+        raise RehrsegInputError(
+            f"{path} contains label values {extra} that dataset.json does not declare {sorted(allowed)}; fix the labels or dataset.json."
+        )
+
+
+def determine_geometry(grids: Sequence[tuple[str, Grid]], slice_axis: int | None = None,
+                       scale_factor: int | None = None) -> DatasetGeometry:
+    """Slice axis and r shared by all cases (explicit options win), or a one-line error naming the odd file."""
+    found: list[tuple[str, int, int]] = []
+    for path, grid in grids:
+        axis = slice_axis if slice_axis is not None else detect_slice_axis(grid.spacing, path)
+        if scale_factor is not None:
+            check_scale_factor(scale_factor, path)
+            r = int(scale_factor)
+        else:
+            r = infer_scale_factor(grid.spacing, axis, path)
+        found.append((path, axis, r))
+    first_path, first_axis, first_r = found[0]
+    for path, axis, r in found[1:]:
+        if axis != first_axis:
+            raise RehrsegInputError(
+                f"{path} has its thick slices along {AXIS_NAMES[axis]} but {first_path} along {AXIS_NAMES[first_axis]}; "
+                f"all cases must share the slice axis — reorient the odd case."
+            )
+        if r != first_r:
+            raise RehrsegInputError(
+                f"{path} gives scale factor {r} but {first_path} gives {first_r}; all cases must share r — "
+                f"resample the odd case or pass --scale-factor."
+            )
+    return DatasetGeometry(first_axis, first_r, tuple(grids[0][1].spacing))
+
+
+def case_arrays(images: Sequence[sitk.Image], label: sitk.Image | None, slice_axis: int
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Stack channels as (C, S, A, B) float32 with the slice axis first; label as (S, A, B) int16."""
+    axis = numpy_axis(slice_axis)
+    image = np.stack([np.moveaxis(sitk.GetArrayFromImage(im).astype(np.float32), axis, 0) for im in images])
+    label_array = None
+    if label is not None:
+        label_array = np.moveaxis(np.rint(sitk.GetArrayFromImage(label)).astype(np.int16), axis, 0)
+    return image, label_array
+
+
+def from_slice_first(array: np.ndarray, slice_axis: int) -> np.ndarray:
+    """Undo :func:`case_arrays`' axis move for one (S, A, B) volume."""
+    return np.moveaxis(array, 0, numpy_axis(slice_axis))
+
+
+def fingerprint(entries: Sequence[tuple[str, Grid]]) -> str:
+    """Hash of case names and geometries: identifies the data an SR model was trained on."""
+    digest = hashlib.sha256()
+    for path, grid in entries:
+        digest.update(os.path.basename(path).encode())
+        digest.update(repr((grid.size, tuple(round(s, 4) for s in grid.spacing))).encode())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,167 @@
+"""Slice axis, scale factor and the one HR-grid convention used by every writer in the package.
+
+Axes: ``slice_axis`` is an index into SimpleITK's (x, y, z) order, the order of
+``image.GetSpacing()``. NumPy arrays from ``sitk.GetArrayFromImage`` are (z, y, x); use
+:func:`numpy_axis` to convert.
+
+HR grid (cell-centred): a thick slice of spacing ``s`` covers ``r`` thin slices of spacing
+``s / r``. The HR grid has ``n * r`` slices, spacing ``s / r`` along the slice axis and its origin
+is shifted by ``-d * s * (r - 1) / (2 r)`` (``d`` = the slice-axis direction column), so that LR
+slice ``k`` is the average of HR slices ``r*k ... r*k + r - 1``. nnU-Net's own resampling uses the
+same convention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from rehrseg_nnunet.errors import RehrsegInputError
+
+#: Largest spacing / second-largest spacing below this is "ambiguous"; largest / smallest below
+#: it is "isotropic". 1.5 accepts r = 2 with some tolerance and rejects near-isotropic data.
+ANISOTROPY_RATIO = 1.5
+MIN_SCALE_FACTOR = 2
+MAX_SCALE_FACTOR = 8
+AXIS_NAMES = ("x", "y", "z")
+
+
+def numpy_axis(slice_axis: int, ndim: int = 3) -> int:
+    """Convert an (x, y, z) image axis into the axis of the (z, y, x) NumPy array."""
+    return ndim - 1 - slice_axis
+
+
+def parse_slice_axis(value: str | int | None) -> int | None:
+    """Accept ``x``/``y``/``z`` or ``0``/``1``/``2`` (image index order); ``None`` passes through."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if text in AXIS_NAMES:
+        return AXIS_NAMES.index(text)
+    if text in ("0", "1", "2"):
+        return int(text)
+    raise RehrsegInputError(
+        f"Slice axis '{value}' is not valid: give x, y or z (or 0, 1, 2 in SimpleITK index order)."
+    )
+
+
+def detect_slice_axis(spacing: Sequence[float], source: str = "the image") -> int:
+    """Return the axis whose spacing is largest by a clear margin.
+
+    Args:
+        spacing: voxel spacing in (x, y, z) order.
+        source: file name used in error messages.
+
+    Returns:
+        The slice axis in (x, y, z) order.
+
+    Raises:
+        RehrsegInputError: for 2D, isotropic or ambiguous spacing.
+    """
+    spacing = [float(s) for s in spacing]
+    if len(spacing) != 3:
+        raise RehrsegInputError(
+            f"{source} is {len(spacing)}D; REHRSeg needs 3D thick-slice volumes — convert it to a 3D image."
+        )
+    order = np.argsort(spacing)[::-1]
+    largest, second, smallest = (spacing[i] for i in order)
+    if largest / smallest < ANISOTROPY_RATIO:
+        raise RehrsegInputError(
+            f"{source} has near-isotropic spacing {tuple(round(s, 3) for s in spacing)}: there is no thick "
+            f"slice axis to super-resolve; use thick-slice data (largest spacing >= {ANISOTROPY_RATIO}x the smallest)."
+        )
+    if largest / second < ANISOTROPY_RATIO:
+        raise RehrsegInputError(
+            f"{source} has two similarly large spacings {tuple(round(s, 3) for s in spacing)}: the slice axis "
+            f"is ambiguous; pass --slice-axis x|y|z."
+        )
+    return int(order[0])
+
+
+def infer_scale_factor(spacing: Sequence[float], slice_axis: int, source: str = "the image") -> int:
+    """r = round(slice spacing / mean in-plane spacing), checked to lie in 2..8."""
+    in_plane = [float(s) for i, s in enumerate(spacing) if i != slice_axis]
+    ratio = float(spacing[slice_axis]) / float(np.mean(in_plane))
+    scale_factor = int(round(ratio))
+    check_scale_factor(scale_factor, source, f" (slice spacing / in-plane spacing = {ratio:.2f})")
+    return scale_factor
+
+
+def check_scale_factor(scale_factor: int, source: str = "the data", detail: str = "") -> None:
+    if not MIN_SCALE_FACTOR <= int(scale_factor) <= MAX_SCALE_FACTOR:
+        raise RehrsegInputError(
+            f"Scale factor {scale_factor} for {source}{detail} is outside {MIN_SCALE_FACTOR}..{MAX_SCALE_FACTOR}; "
+            f"pass --scale-factor with an integer in that range."
+        )
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Geometry of a 3D image: size, spacing and origin in (x, y, z) order, direction row-major 3x3."""
+
+    size: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def from_image(cls, image: sitk.Image) -> "Grid":
+        return cls(tuple(int(v) for v in image.GetSize()), tuple(image.GetSpacing()),
+                   tuple(image.GetOrigin()), tuple(image.GetDirection()))
+
+    def direction_column(self, axis: int) -> np.ndarray:
+        """Physical direction of index axis ``axis`` (a column of the direction matrix)."""
+        return np.asarray(self.direction, dtype=float).reshape(3, 3)[:, axis]
+
+    def refine(self, slice_axis: int, scale_factor: int) -> "Grid":
+        """The HR grid of this (LR) grid: ``n*r`` slices of spacing ``s/r``, cell-centred origin."""
+        r = int(scale_factor)
+        s = self.spacing[slice_axis]
+        shift = -self.direction_column(slice_axis) * s * (r - 1) / (2 * r)
+        size = list(self.size)
+        size[slice_axis] *= r
+        spacing = list(self.spacing)
+        spacing[slice_axis] = s / r
+        return Grid(tuple(size), tuple(spacing), tuple(np.asarray(self.origin) + shift), self.direction)
+
+    def coarsen(self, slice_axis: int, scale_factor: int) -> "Grid":
+        """The LR grid whose :meth:`refine` is this grid (size along the slice axis must divide by r)."""
+        r = int(scale_factor)
+        if self.size[slice_axis] % r:
+            raise RehrsegInputError(
+                f"{self.size[slice_axis]} slices along axis {AXIS_NAMES[slice_axis]} do not divide by r = {r}; "
+                f"crop or pad the HR image to a multiple of r."
+            )
+        h = self.spacing[slice_axis]
+        shift = self.direction_column(slice_axis) * h * (r - 1) / 2
+        size = list(self.size)
+        size[slice_axis] //= r
+        spacing = list(self.spacing)
+        spacing[slice_axis] = h * r
+        return Grid(tuple(size), tuple(spacing), tuple(np.asarray(self.origin) + shift), self.direction)
+
+    def image_from_array(self, array: np.ndarray) -> sitk.Image:
+        """Wrap a (z, y, x) array (or (z, y, x, c) for vectors is not supported) in this geometry."""
+        expected = tuple(reversed(self.size))
+        if tuple(array.shape) != expected:
+            raise ValueError(f"Array of shape {array.shape} does not match the grid (expected {expected}).")
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(tuple(float(v) for v in self.origin))
+        image.SetDirection(self.direction)
+        return image
+
+    def matches(self, other: "Grid", tolerance: float = 1e-3) -> bool:
+        """Same size and (within ``tolerance``, relative for spacing) the same physical placement."""
+        return (self.size == other.size
+                and np.allclose(self.spacing, other.spacing, rtol=tolerance, atol=0)
+                and np.allclose(self.origin, other.origin, atol=tolerance * max(self.spacing))
+                and np.allclose(self.direction, other.direction, atol=tolerance))
+
+
+def hr_image_from_array(array: np.ndarray, lr_image: sitk.Image, slice_axis: int, scale_factor: int) -> sitk.Image:
+    """Wrap an HR-grid array (z, y, x) with the HR geometry derived from ``lr_image``."""
+    return Grid.from_image(lr_image).refine(slice_axis, scale_factor).image_from_array(array)

@@ -1,0 +1,217 @@
+"""SR inference: LR image(s) + LR label -> pseudo-HR image(s), pseudo-HR label, uncertainty on the HR grid.
+
+Volumes are handled slice-axis-first, (C, S, A, B); the networks see batches of planes (stage 1a)
+or of 4-slice windows (stages 1b/1c), so memory is bounded by the batch, not by the volume.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from rehrseg_nnunet.dataset_io import case_arrays, from_slice_first
+from rehrseg_nnunet.errors import RehrsegInputError
+from rehrseg_nnunet.geometry import AXIS_NAMES, Grid
+from rehrseg_nnunet.sr.config import SRConfig, final_checkpoint, select_device
+from rehrseg_nnunet.sr.networks import NUM_FRAMES, PlaneSRNet, SliceInterpolationNet
+from rehrseg_nnunet.sr.pairs import one_hot
+
+
+def normalisation(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of a (C, …) volume (std floored so constant channels stay finite)."""
+    axes = tuple(range(1, image.ndim))
+    mean = image.mean(axis=axes, keepdims=True)
+    std = np.maximum(image.std(axis=axes, keepdims=True), 1e-6)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def label_indices(labels: np.ndarray, label_values: list[int]) -> np.ndarray:
+    """Map label values (e.g. 0, 1, 2, 4) to class indices 0..K-1."""
+    return np.searchsorted(np.asarray(label_values), labels).astype(np.int16)
+
+
+def network_input(image: np.ndarray, labels: np.ndarray | None, num_classes: int) -> np.ndarray:
+    """Normalised image channels followed by one-hot labels (zeros when the label is unknown)."""
+    if labels is None:
+        onehot = np.zeros((num_classes,) + image.shape[1:], dtype=np.float32)
+    else:
+        onehot = one_hot(labels, num_classes)
+    return np.concatenate([image, onehot])
+
+
+@torch.no_grad()
+def plane_super_resolve(net: PlaneSRNet, volume: np.ndarray, device: torch.device, batch_size: int = 16
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Stage 1a on a whole volume: the planes containing the slice axis (S-B and S-A), averaged.
+
+    Args:
+        net: trained :class:`PlaneSRNet`.
+        volume: (C+K, S, A, B) network input.
+
+    Returns:
+        (image (C, S*r, A, B), label probabilities (K, S*r, A, B)).
+    """
+    net.eval()
+    c = net.image_channels
+    r = net.scale_factor
+    channels, s, a, b = volume.shape
+    total = np.zeros((channels, s * r, a, b), dtype=np.float32)
+    for plane_axis in (2, 3):  # planes at fixed A (S-B planes), then at fixed B (S-A planes)
+        planes = np.moveaxis(volume, plane_axis, 0)  # (N, C+K, S, other)
+        for start in range(0, planes.shape[0], batch_size):
+            chunk = torch.from_numpy(np.ascontiguousarray(planes[start:start + batch_size])).to(device)
+            out = net(chunk)
+            out = torch.cat([out[:, :c], torch.softmax(out[:, c:], 1)], 1).cpu().numpy()
+            index = [slice(None)] * 4
+            index[plane_axis] = slice(start, start + out.shape[0])
+            total[tuple(index)] += np.moveaxis(out, 0, plane_axis)
+    total /= 2
+    return total[:c], total[c:]
+
+
+@torch.no_grad()
+def slice_super_resolve(net: SliceInterpolationNet, volume: np.ndarray, device: torch.device, batch_size: int = 4
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Stages 1b/1c: slide a 4-slice window along S (edge-padded ends); each window gives r HR slices.
+
+    Returns:
+        (image (C, S*r, A, B), label probabilities (K, S*r, A, B), uncertainty (S*r, A, B) or None).
+    """
+    net.eval()
+    c, r = net.image_channels, net.scale_factor
+    channels, s, a, b = volume.shape
+    pad_a, pad_b = (-a) % 8, (-b) % 8
+    offset = (r + 1) // 2
+    image = np.zeros((c, s * r, a, b), dtype=np.float32)
+    probabilities = np.zeros((channels - c, s * r, a, b), dtype=np.float32)
+    uncertainty = np.zeros((s * r, a, b), dtype=np.float32) if net.num_attention_maps else None
+    windows = list(range(-1, s))  # window k covers HR slices r*k + offset ... + r - 1
+    for start in range(0, len(windows), batch_size):
+        ks = windows[start:start + batch_size]
+        index = np.clip(np.asarray(ks)[:, None] + np.arange(-1, NUM_FRAMES - 1)[None], 0, s - 1)
+        frames = torch.from_numpy(np.ascontiguousarray(volume[:, index].transpose(1, 0, 2, 3, 4))).to(device)
+        if pad_a or pad_b:
+            frames = F.pad(frames, (0, pad_b, 0, pad_a, 0, 0), mode="replicate")
+        result = net(frames)
+        out = result["output"][..., :a, :b]
+        out = torch.cat([out[:, :c], torch.softmax(out[:, c:], 1)], 1).cpu().numpy()
+        unc = result["uncertainty"][:, 0, :, :a, :b].cpu().numpy() if uncertainty is not None else None
+        for i, k in enumerate(ks):
+            first = r * k + offset
+            keep = [j for j in range(r) if 0 <= first + j < s * r]
+            if not keep:
+                continue
+            hr = slice(first + keep[0], first + keep[-1] + 1)
+            image[:, hr] = out[i, :c, keep[0]:keep[-1] + 1]
+            probabilities[:, hr] = out[i, c:, keep[0]:keep[-1] + 1]
+            if uncertainty is not None:
+                uncertainty[hr] = unc[i, keep[0]:keep[-1] + 1]
+    return image, probabilities, uncertainty
+
+
+def _build(kind: str, kwargs: dict) -> torch.nn.Module:
+    return PlaneSRNet(**kwargs) if kind == "plane" else SliceInterpolationNet(**kwargs)
+
+
+def load_stage_network(model_folder: str, stage: str, device: torch.device) -> torch.nn.Module:
+    """The trained network of a stage from its final checkpoint."""
+    path = final_checkpoint(model_folder, stage)
+    if not os.path.isfile(path):
+        raise RehrsegInputError(f"{path} is missing: SR stage {stage} has not finished; run rehrseg_train_sr --continue.")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    net = _build(checkpoint["network"], checkpoint["network_kwargs"])
+    net.load_state_dict(checkpoint["model"])
+    return net.to(device).eval()
+
+
+@dataclass
+class PseudoHR:
+    """SR output on the HR grid: one image per channel, the label map and the uncertainty in [0, 1]."""
+
+    images: list[sitk.Image]
+    label: sitk.Image
+    uncertainty: sitk.Image
+
+
+class SuperResolver:
+    """Applies a trained SR model folder to LR cases.
+
+    Args:
+        model_folder: output of ``rehrseg_train_sr``.
+        device: torch device name, auto-selected when None.
+        stage: which stage's network to apply (default: the last finished one).
+        batch_size: windows (or planes) per forward pass; bounds the memory.
+    """
+
+    def __init__(self, model_folder: str, device: str | torch.device | None = None, stage: str | None = None,
+                 batch_size: int = 4):
+        self.config = SRConfig.load(model_folder)
+        self.device = device if isinstance(device, torch.device) else select_device(device)
+        if stage is None:
+            finished = [s for s in ("1c", "1b", "1a") if os.path.isfile(final_checkpoint(model_folder, s))]
+            if not finished:
+                raise RehrsegInputError(f"{model_folder} holds no finished SR stage; run rehrseg_train_sr first.")
+            stage = finished[0]
+        self.stage = stage
+        self.net = load_stage_network(model_folder, stage, self.device)
+        self.batch_size = batch_size
+
+    def check_compatible(self, images: list[sitk.Image], source: str) -> None:
+        """A case must have the model's channel count, slice axis and r (from its spacing)."""
+        cfg = self.config
+        if len(images) != cfg.image_channels:
+            raise RehrsegInputError(
+                f"{source} has {len(images)} channel(s) but the SR model was trained on {cfg.image_channels}; "
+                f"use a model trained on this dataset."
+            )
+        spacing = images[0].GetSpacing()
+        slice_spacing = spacing[cfg.slice_axis]
+        if abs(slice_spacing - cfg.lr_spacing[cfg.slice_axis]) > 0.25 * cfg.lr_spacing[cfg.slice_axis] or \
+                max(s for i, s in enumerate(spacing) if i != cfg.slice_axis) >= slice_spacing:
+            raise RehrsegInputError(
+                f"{source} has spacing {tuple(round(v, 3) for v in spacing)} but the SR model expects thick slices of "
+                f"{cfg.lr_spacing[cfg.slice_axis]:.3g} mm along {AXIS_NAMES[cfg.slice_axis]}; use a model trained for this geometry."
+            )
+
+    def volume(self, image: np.ndarray, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """SR of slice-first arrays: image (C, S, A, B) in scanner units, labels (S, A, B) as class indices.
+
+        Returns:
+            (image (C, S*r, A, B) in scanner units, class probabilities (K, S*r, A, B), uncertainty (S*r, A, B)).
+        """
+        mean, std = normalisation(image)
+        volume = network_input((image - mean) / std, labels, self.config.num_classes)
+        if isinstance(self.net, PlaneSRNet):
+            hr, probabilities = plane_super_resolve(self.net, volume, self.device, 4 * self.batch_size)
+            uncertainty = None
+        else:
+            hr, probabilities, uncertainty = slice_super_resolve(self.net, volume, self.device, self.batch_size)
+        if uncertainty is None:  # no UASR head: 1 - max class probability as a stand-in
+            uncertainty = 1.0 - probabilities.max(axis=0)
+        low, high = float(uncertainty.min()), float(uncertainty.max())
+        uncertainty = (uncertainty - low) / (high - low) if high > low else np.zeros_like(uncertainty)
+        return hr * std + mean, probabilities, uncertainty.astype(np.float32)
+
+    def __call__(self, images: list[sitk.Image], label: sitk.Image | None = None, source: str = "the case") -> PseudoHR:
+        """Super-resolve one case given as SimpleITK images (label optional: without it the label is inferred)."""
+        self.check_compatible(images, source)
+        cfg = self.config
+        image, labels = case_arrays(images, label, cfg.slice_axis)
+        if labels is not None:
+            labels = label_indices(labels, cfg.label_values)
+        hr, probabilities, uncertainty = self.volume(image, labels)
+        hr_grid = Grid.from_image(images[0]).refine(cfg.slice_axis, cfg.scale_factor)
+        values = np.asarray(cfg.label_values, dtype=np.uint8 if max(cfg.label_values) < 256 else np.int16)
+        label_map = values[probabilities.argmax(axis=0)]
+        out_images = []
+        for channel, lr_image in enumerate(images):
+            out = hr_grid.image_from_array(from_slice_first(hr[channel], cfg.slice_axis))
+            out_images.append(sitk.Cast(out, sitk.sitkFloat32))
+        return PseudoHR(out_images,
+                        hr_grid.image_from_array(from_slice_first(label_map, cfg.slice_axis)),
+                        hr_grid.image_from_array(from_slice_first(uncertainty, cfg.slice_axis)))

@@ -1,0 +1,238 @@
+"""Self-SR networks, built from plain constructor kwargs (so a JSON config rebuilds them).
+
+* :class:`PlaneSRNet` — stage 1a, a WDSR-style 2D network (SMORE): upsamples the first spatial
+  axis of a 2D plane by r with a one-axis pixel shuffle.
+* :class:`SliceInterpolationNet` — stages 1b/1c, a FLAVR-style 3D encoder-decoder over k = 4
+  consecutive LR slices ("frames") that outputs the r HR slices between the middle two. With
+  ``num_attention_maps > 0`` its head is the UASR head (M reconstructions, softmax attention,
+  uncertainty = sigmoid(1x1 conv of the attention maps)).
+
+Both predict a residual on top of linear interpolation, so an untrained network already equals
+linear interpolation of the image and of the one-hot label.
+
+Channel layout everywhere: ``image_channels`` intensities, then ``num_classes`` one-hot label
+channels (input) or label logits (output).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+#: Logit scale of the label prior: softmax(LABEL_PRIOR_SCALE * p) has the argmax of p.
+LABEL_PRIOR_SCALE = 6.0
+NUM_FRAMES = 4
+
+
+def shuffle_first_axis(x: torch.Tensor, channels: int, scale_factor: int) -> torch.Tensor:
+    """(B, C*r, H, W) -> (B, C, H*r, W): pixel shuffle along the first spatial axis only."""
+    b, _, h, w = x.shape
+    return x.view(b, channels, scale_factor, h, w).permute(0, 1, 3, 2, 4).reshape(b, channels, h * scale_factor, w)
+
+
+def label_prior(probabilities: torch.Tensor) -> torch.Tensor:
+    """Turn interpolated one-hot labels into logits with the same argmax."""
+    return LABEL_PRIOR_SCALE * (probabilities - 0.5)
+
+
+class WDSRBlock(nn.Module):
+    """WDSR-A residual block: wide activation, weight-normalised 3x3 convs."""
+
+    def __init__(self, features: int, expansion: int, residual_scale: float = 1.0):
+        super().__init__()
+        self.body = nn.Sequential(
+            weight_norm(nn.Conv2d(features, features * expansion, 3, padding=1)),
+            nn.ReLU(inplace=True),
+            weight_norm(nn.Conv2d(features * expansion, features, 3, padding=1)),
+        )
+        self.residual_scale = residual_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.residual_scale * self.body(x)
+
+
+class PlaneSRNet(nn.Module):
+    """Stage 1a: 2D SMORE/WDSR network; upsamples axis 2 of (B, C, H, W) by ``scale_factor``.
+
+    Args:
+        image_channels: number of MRI contrasts.
+        num_classes: number of one-hot label channels (0 for image only).
+        scale_factor: r.
+        features: width of the residual body (authors: 32).
+        num_blocks: residual blocks (authors: 16).
+        expansion: wide-activation factor of each block.
+    """
+
+    def __init__(self, image_channels: int, num_classes: int, scale_factor: int, features: int = 32,
+                 num_blocks: int = 16, expansion: int = 4):
+        super().__init__()
+        self.image_channels = image_channels
+        self.num_classes = num_classes
+        self.scale_factor = scale_factor
+        channels = image_channels + num_classes
+        self.head = weight_norm(nn.Conv2d(channels, features, 3, padding=1))
+        self.body = nn.Sequential(*[WDSRBlock(features, expansion) for _ in range(num_blocks)])
+        self.tail = weight_norm(nn.Conv2d(features, channels * scale_factor, 3, padding=1))
+        self.skip = weight_norm(nn.Conv2d(channels, channels * scale_factor, 5, padding=2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels = self.image_channels + self.num_classes
+        residual = self.tail(self.body(self.head(x))) + self.skip(x)
+        residual = shuffle_first_axis(residual, channels, self.scale_factor)
+        # cell-centred linear interpolation (align_corners=False): the HR grid convention
+        base = F.interpolate(x, scale_factor=(self.scale_factor, 1), mode="bilinear", align_corners=False)
+        base = torch.cat([base[:, : self.image_channels], label_prior(base[:, self.image_channels:])], 1)
+        return base + residual
+
+
+class SEGate(nn.Module):
+    """Squeeze-excitation gating: global average -> 1x1x1 conv -> sigmoid -> scale."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.fc = nn.Conv3d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.fc(F.adaptive_avg_pool3d(x, 1)))
+
+
+class ResidualBlock3D(nn.Module):
+    """3D ResNet basic block with SE gating; stride is applied in-plane only."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        s = (1, stride, stride)
+        self.conv_a = nn.Conv3d(in_channels, out_channels, 3, stride=s, padding=1)
+        self.conv_b = nn.Conv3d(out_channels, out_channels, 3, padding=1)
+        self.gate = SEGate(out_channels)
+        self.shortcut = (nn.Conv3d(in_channels, out_channels, 1, stride=s, bias=False)
+                         if stride != 1 or in_channels != out_channels else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.gate(self.conv_b(F.relu(self.conv_a(x))))
+        return F.relu(out + (x if self.shortcut is None else self.shortcut(x)))
+
+
+class DecoderLayer(nn.Module):
+    """Conv3d (or in-plane x2 transposed conv) followed by SE gating."""
+
+    def __init__(self, in_channels: int, out_channels: int, upsample: bool):
+        super().__init__()
+        if upsample:
+            self.conv = nn.ConvTranspose3d(in_channels, out_channels, (3, 4, 4), stride=(1, 2, 2), padding=1)
+        else:
+            self.conv = nn.Conv3d(in_channels, out_channels, 3, padding=1)
+        self.gate = SEGate(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(self.gate(self.conv(x)), 0.2)
+
+
+class SliceEncoder(nn.Module):
+    """ResNet-18-like 3D encoder: stem (stride 2 in-plane), 4 stages (stride 1, 2, 2, 1 in-plane)."""
+
+    def __init__(self, in_channels: int, widths: tuple[int, int, int, int], blocks: tuple[int, int, int, int]):
+        super().__init__()
+        self.stem = nn.Conv3d(in_channels, widths[0], (3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3))
+        strides = (1, 2, 2, 1)
+        stages = []
+        previous = widths[0]
+        for width, count, stride in zip(widths, blocks, strides):
+            layers = [ResidualBlock3D(previous, width, stride)]
+            layers += [ResidualBlock3D(width, width) for _ in range(count - 1)]
+            stages.append(nn.Sequential(*layers))
+            previous = width
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Returns the stem output and each stage's output (strides 2, 2, 4, 8, 8 in-plane)."""
+        features = [F.relu(self.stem(x))]
+        for stage in self.stages:
+            features.append(stage(features[-1]))
+        return features
+
+
+class SliceInterpolationNet(nn.Module):
+    """Stages 1b/1c: k = 4 LR slices (B, C, 4, H, W) -> the r HR slices between the middle two.
+
+    Args:
+        image_channels: number of MRI contrasts.
+        num_classes: number of one-hot label channels.
+        scale_factor: r.
+        widths: encoder widths (authors / FLAVR: 64, 128, 256, 512).
+        blocks: residual blocks per encoder stage (FLAVR ResNet-18: 2, 2, 2, 2).
+        num_attention_maps: M of the UASR head; 0 = plain output head (stage 1b).
+
+    Returns from ``forward``: a dict with ``output`` (B, C, r, H, W) — image channels then label
+    logits — and, for the UASR head, ``uncertainty`` (B, 1, r, H, W) in (0, 1).
+    H and W must be multiples of 8.
+    """
+
+    def __init__(self, image_channels: int, num_classes: int, scale_factor: int,
+                 widths: tuple[int, int, int, int] = (64, 128, 256, 512),
+                 blocks: tuple[int, int, int, int] = (2, 2, 2, 2), num_attention_maps: int = 0):
+        super().__init__()
+        self.image_channels = image_channels
+        self.num_classes = num_classes
+        self.scale_factor = scale_factor
+        self.num_attention_maps = num_attention_maps
+        channels = image_channels + num_classes
+        w0, w1, w2, w3 = widths
+        self.encoder = SliceEncoder(channels, tuple(widths), tuple(blocks))
+        self.decoder = nn.ModuleList([
+            DecoderLayer(w3, w2, upsample=False),
+            DecoderLayer(2 * w2, w1, upsample=True),
+            DecoderLayer(2 * w1, w0, upsample=True),
+            DecoderLayer(2 * w0, w0, upsample=False),
+            DecoderLayer(2 * w0, w0, upsample=True),
+        ])
+        self.fuse = nn.Conv2d(w0 * NUM_FRAMES, w0, 1, bias=False)
+        if num_attention_maps:
+            self.reconstructions = nn.Conv2d(w0, num_attention_maps * channels * scale_factor, 7, padding=3,
+                                             padding_mode="reflect")
+            self.attention = nn.Conv2d(w0, num_attention_maps * scale_factor, 7, padding=3, padding_mode="reflect")
+            self.uncertainty = nn.Conv3d(num_attention_maps, 1, 1)
+        else:
+            self.out = nn.Conv2d(w0, channels * scale_factor, 7, padding=3, padding_mode="reflect")
+
+    def fractions(self) -> torch.Tensor:
+        """Position of each output slice between frame 1 (0) and frame 2 (1) on the cell-centred grid."""
+        r = self.scale_factor
+        offset = (r + 1) // 2  # first HR slice after LR centre k is r*k + offset
+        return (offset + torch.arange(r, dtype=torch.float32) - (r - 1) / 2.0) / r
+
+    def interpolation_prior(self, frames: torch.Tensor) -> torch.Tensor:
+        f = self.fractions().to(frames).view(1, 1, -1, 1, 1)
+        base = (1 - f) * frames[:, :, 1:2] + f * frames[:, :, 2:3]
+        return torch.cat([base[:, : self.image_channels], label_prior(base[:, self.image_channels:])], 1)
+
+    def encode(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        return self.encoder(frames)
+
+    def forward(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        x0, x1, x2, x3, x4 = self.encoder(frames)
+        d = self.decoder[0](x4)
+        d = self.decoder[1](torch.cat([d, x3], 1))
+        d = self.decoder[2](torch.cat([d, x2], 1))
+        d = self.decoder[3](torch.cat([d, x1], 1))
+        d = self.decoder[4](torch.cat([d, x0], 1))
+        b, c, k, h, w = d.shape
+        fused = F.leaky_relu(self.fuse(d.reshape(b, c * k, h, w)), 0.2)
+        channels = self.image_channels + self.num_classes
+        r = self.scale_factor
+        prior = self.interpolation_prior(frames)
+        if not self.num_attention_maps:
+            return {"output": prior + self.out(fused).view(b, channels, r, h, w)}
+        m = self.num_attention_maps
+        recon = self.reconstructions(fused).view(b, m, channels, r, h, w)
+        attention = torch.softmax(self.attention(fused).view(b, m, 1, r, h, w), dim=1)
+        output = prior + (attention * recon).sum(1)
+        uncertainty = torch.sigmoid(self.uncertainty(attention[:, :, 0]))
+        return {"output": output, "uncertainty": uncertainty}
+
+
+def head_parameter_prefixes(num_attention_maps: int) -> tuple[str, ...]:
+    """Names of the output layers that stage 1c re-initialises when it starts from stage 1b."""
+    return ("reconstructions.", "attention.", "uncertainty.") if num_attention_maps else ("out.",)

@@ -1,0 +1,323 @@
+"""``rehrseg_train_sr``: stages 1a -> 1b -> 1c of the self-supervised SR (METHOD.md, stage 1).
+
+Each stage checkpoints to ``<model>/stage_<s>/checkpoint_latest.pth`` while it trains (atomically)
+and to ``checkpoint_final.pth`` when done; ``--continue`` resumes the first unfinished stage from its
+latest checkpoint. Nothing is written before every case of the dataset has been checked.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from rehrseg_nnunet.dataset_io import (DatasetGeometry, RawDataset, case_arrays, check_label_values, determine_geometry, fingerprint,
+                                       load_raw_dataset, read_case)
+from rehrseg_nnunet.degradation import profile_fwhm
+from rehrseg_nnunet.errors import RehrsegInputError
+from rehrseg_nnunet.geometry import Grid
+from rehrseg_nnunet.sr.config import (PRESETS, STAGES, SRConfig, atomic_save, final_checkpoint, latest_checkpoint,
+                                      select_device, stage_dir)
+from rehrseg_nnunet.sr.flavr import load_flavr_weights, read_flavr_checkpoint
+from rehrseg_nnunet.sr.infer import label_indices, load_stage_network, network_input, normalisation, plane_super_resolve
+from rehrseg_nnunet.sr.networks import PlaneSRNet, SliceInterpolationNet, head_parameter_prefixes
+from rehrseg_nnunet.sr.pairs import DegradedVolume, FramePairSampler, PlanePairSampler
+
+
+@dataclass
+class LRCase:
+    identifier: str
+    image: np.ndarray  # (C, S, A, B), normalised per channel
+    labels: np.ndarray  # (S, A, B) class indices
+
+
+def default_model_folder(dataset_name: str) -> str:
+    results = os.environ.get("nnUNet_results")
+    if not results:
+        raise RehrsegInputError("The environment variable nnUNet_results is not set; export it or pass -o MODEL_FOLDER.")
+    return os.path.join(results, dataset_name, "rehrseg_sr")
+
+
+def load_training_cases(dataset: RawDataset, slice_axis: int | None, scale_factor: int | None
+                        ) -> tuple[list[LRCase], DatasetGeometry, str]:
+    """Read and check every training case before anything is written."""
+    raw = []
+    for case in dataset.training:
+        images, label = read_case(case, require_label=True)
+        raw.append((case, images, label))
+    grids = [(case.image_files[0], Grid.from_image(images[0])) for case, images, _ in raw]
+    geometry = determine_geometry(grids, slice_axis, scale_factor)
+    cases = []
+    for case, images, label in raw:
+        image, labels = case_arrays(images, label, geometry.slice_axis)
+        check_label_values(case.label_file, labels, dataset.label_values)
+        if min(image.shape[2:]) < 2 * geometry.scale_factor or image.shape[1] < 2:
+            raise RehrsegInputError(
+                f"{case.image_files[0]} is too small ({image.shape[1:]} voxels) to learn SR from; use larger volumes."
+            )
+        mean, std = normalisation(image)
+        cases.append(LRCase(case.identifier, (image - mean) / std, label_indices(labels, dataset.label_values)))
+    return cases, geometry, fingerprint(grids)
+
+
+def sr_loss(output: torch.Tensor, image: torch.Tensor, labels: torch.Tensor, known: torch.Tensor,
+            image_channels: int, uncertainty: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """L1 on the image, CE + Dice on the label channels (samples with known labels), UASR terms if given.
+
+    UASR (METHOD.md 1c): ``mean(|y_hat - y| / sigma + log sigma) + L1(sigma, |y_hat - y|.detach())``.
+    """
+    error = (output[:, :image_channels] - image).abs()
+    loss = error.mean()
+    parts = {"l1": float(loss.detach())}
+    logits = output[:, image_channels:]
+    if known.sum() > 0:
+        chosen = known > 0
+        label_logits, label_target = logits[chosen], labels[chosen]
+        ce = F.cross_entropy(label_logits, label_target)
+        probabilities = torch.softmax(label_logits, 1)
+        target = F.one_hot(label_target, logits.shape[1]).movedim(-1, 1).float()
+        dims = (0,) + tuple(range(2, target.ndim))
+        intersection = (probabilities * target).sum(dims)
+        dice = (2 * intersection + 1e-5) / (probabilities.sum(dims) + target.sum(dims) + 1e-5)
+        present = target.sum(dims) > 0
+        dice_loss = 1 - dice[present].mean()
+        loss = loss + ce + dice_loss
+        parts["label"] = float(ce + dice_loss)
+    if uncertainty is not None:
+        sigma = uncertainty.clamp_min(1e-3)
+        err = error.mean(1, keepdim=True)
+        uasr = (err / sigma + torch.log(sigma)).mean() + (sigma - err.detach()).abs().mean()
+        loss = loss + uasr
+        parts["uasr"] = float(uasr)
+    return loss, parts
+
+
+class StageTrainer:
+    """Adam + OneCycle training of one stage with atomic, resumable checkpoints.
+
+    Args:
+        model_folder: the SR model folder.
+        stage: ``1a``, ``1b`` or ``1c``.
+        net: the network (already initialised).
+        network: ``plane`` or ``slice`` (to rebuild it from the checkpoint).
+        network_kwargs: its constructor kwargs.
+        sampler: a pair sampler.
+        steps, batch_size, learning_rate: schedule.
+        device: torch device.
+        seed: base seed; each step reseeds from (seed, step) so a resumed run samples like an uninterrupted one.
+        save_every: checkpoint interval in steps.
+    """
+
+    def __init__(self, model_folder: str, stage: str, net: torch.nn.Module, network: str, network_kwargs: dict,
+                 sampler, steps: int, batch_size: int, learning_rate: float, device: torch.device, seed: int,
+                 save_every: int, log):
+        self.model_folder, self.stage, self.net = model_folder, stage, net.to(device)
+        self.network, self.network_kwargs = network, network_kwargs
+        self.sampler, self.steps, self.batch_size = sampler, steps, batch_size
+        self.device, self.seed, self.save_every, self.log = device, seed, max(1, save_every), log
+        self.optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate, betas=(0.9, 0.99))
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=learning_rate, total_steps=steps)
+        self.step = 0
+
+    def _checkpoint(self) -> dict:
+        return {"model": self.net.state_dict(), "network": self.network, "network_kwargs": self.network_kwargs,
+                "step": self.step, "steps": self.steps}
+
+    def resume(self) -> None:
+        path = latest_checkpoint(self.model_folder, self.stage)
+        if not os.path.isfile(path):
+            return
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        if checkpoint["steps"] != self.steps:
+            raise RehrsegInputError(
+                f"{path} was trained towards {checkpoint['steps']} steps, not {self.steps}; pass the same --steps to continue."
+            )
+        self.net.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.step = checkpoint["step"]
+        self.log(f"stage {self.stage}: resumed from step {self.step} of {self.steps}")
+
+    def _save_latest(self) -> None:
+        checkpoint = self._checkpoint()
+        checkpoint.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict())
+        atomic_save(checkpoint, latest_checkpoint(self.model_folder, self.stage))
+
+    def run(self, loss_fn) -> None:
+        os.makedirs(stage_dir(self.model_folder, self.stage), exist_ok=True)
+        self.net.train()
+        started = time.time()
+        start_step = self.step
+        bar = tqdm(total=self.steps, initial=self.step, desc=f"SR stage {self.stage}", unit="step", dynamic_ncols=True)
+        running = None
+        while self.step < self.steps:
+            rng = np.random.default_rng((self.seed, STAGES.index(self.stage), self.step))
+            batch = [torch.from_numpy(a).to(self.device) for a in self.sampler.sample(rng, self.batch_size)]
+            loss, parts = loss_fn(self.net, *batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            value = float(loss.detach())
+            running = value if running is None else 0.95 * running + 0.05 * value
+            bar.set_postfix(loss=f"{running:.4f}", **{k: f"{v:.3f}" for k, v in parts.items()})
+            bar.update(1)
+            if self.step % self.save_every == 0 or self.step == self.steps:
+                self._save_latest()
+        bar.close()
+        atomic_save(self._checkpoint(), final_checkpoint(self.model_folder, self.stage))
+        seconds = time.time() - started
+        self.log(f"stage {self.stage}: finished {self.steps} steps ({self.step - start_step} in this run, "
+                 f"{seconds:.1f} s), final loss {running if running is not None else float('nan'):.4f}")
+
+
+def plane_loss(image_channels: int):
+    def loss_fn(net, inputs, image, labels, known):
+        return sr_loss(net(inputs), image, labels, known, image_channels)
+    return loss_fn
+
+
+def slice_loss(image_channels: int):
+    def loss_fn(net, frames, image, labels, known):
+        result = net(frames)
+        return sr_loss(result["output"], image, labels, known, image_channels, result.get("uncertainty"))
+    return loss_fn
+
+
+def pseudohr_training_volumes(model_folder: str, cases: list[LRCase], config: SRConfig, device: torch.device,
+                              log) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stage 1a applied to every training case (cached in stage_1a/pseudohr), for 1b/1c training pairs."""
+    cache = os.path.join(stage_dir(model_folder, "1a"), "pseudohr")
+    os.makedirs(cache, exist_ok=True)
+    net = None
+    volumes = []
+    for case in tqdm(cases, desc="stage 1a pseudo-HR volumes", unit="case", dynamic_ncols=True):
+        image_path = os.path.join(cache, f"{case.identifier}_image.npy")
+        label_path = os.path.join(cache, f"{case.identifier}_labels.npy")
+        if os.path.isfile(image_path) and os.path.isfile(label_path):
+            volumes.append((np.load(image_path), np.load(label_path)))
+            continue
+        if net is None:
+            net = load_stage_network(model_folder, "1a", device)
+        image, probabilities = plane_super_resolve(net, network_input(case.image, case.labels, config.num_classes), device)
+        labels = probabilities.argmax(0).astype(np.int16)
+        for path, array in ((image_path, image), (label_path, labels)):
+            with open(path + ".tmp", "wb") as handle:
+                np.save(handle, array)
+            os.replace(path + ".tmp", path)
+        volumes.append((image, labels))
+    log(f"stage 1a pseudo-HR volumes ready for {len(volumes)} case(s) in {cache}")
+    return volumes
+
+
+def train_sr(dataset: str, output: str | None = None, device: str | None = None, preset: str = "small",
+             scale_factor: int | None = None, slice_axis: int | None = None, steps: list[int] | None = None,
+             seed: int = 12345, resume: bool = False, init_flavr: str | None = None, profile: str = "gaussian",
+             save_every: int = 100) -> str:
+    """Train the self-SR model of a raw dataset. Returns the model folder.
+
+    Args:
+        dataset: nnU-Net dataset id or name under ``nnUNet_raw``.
+        output: model folder (default ``nnUNet_results/<dataset>/rehrseg_sr``).
+        device: cuda | mps | cpu (auto when None).
+        preset: ``small`` or ``paper``.
+        scale_factor, slice_axis: overrides of the automatic detection.
+        steps: steps of stage 1a, 1b, 1c (one value = all stages).
+        seed: random seed.
+        resume: continue an interrupted training in ``output``.
+        init_flavr: FLAVR checkpoint to initialise the stage 1b network.
+        profile: slice profile used to simulate thick slices (``gaussian`` or ``box``).
+        save_every: checkpoint interval in steps.
+    """
+    if preset not in PRESETS:
+        raise RehrsegInputError(f"Preset '{preset}' is unknown; use one of {sorted(PRESETS)}.")
+    settings = PRESETS[preset]
+    raw = load_raw_dataset(dataset)
+    torch_device = select_device(device)
+    flavr_state = read_flavr_checkpoint(init_flavr) if init_flavr else None
+    cases, geometry, data_fingerprint = load_training_cases(raw, slice_axis, scale_factor)
+    stage_steps = dict(settings["steps"])
+    if steps:
+        if len(steps) not in (1, 3) or min(steps) < 1:
+            raise RehrsegInputError("--steps takes one positive number (all stages) or three (1a 1b 1c).")
+        stage_steps = dict(zip(STAGES, steps * 3 if len(steps) == 1 else steps))
+    in_plane = [s for i, s in enumerate(geometry.lr_spacing) if i != geometry.slice_axis]
+    fwhm = profile_fwhm(geometry.lr_spacing[geometry.slice_axis], min(in_plane), profile)
+    config = SRConfig(dataset=raw.name, fingerprint=data_fingerprint, slice_axis=geometry.slice_axis,
+                      scale_factor=geometry.scale_factor, lr_spacing=list(geometry.lr_spacing),
+                      hr_spacing=list(geometry.hr_spacing), channel_names=raw.dataset_json["channel_names"],
+                      label_values=raw.label_values, preset=preset, profile=profile, profile_fwhm=fwhm,
+                      steps=stage_steps, seed=seed, settings=settings)
+
+    model_folder = output or default_model_folder(raw.name)
+    existing = os.path.isfile(os.path.join(model_folder, "config.json"))
+    if existing and not resume:
+        raise RehrsegInputError(
+            f"{model_folder} already holds an SR model; pass --continue to resume it or -o another folder."
+        )
+    if existing:
+        previous = SRConfig.load(model_folder)
+        for key in ("fingerprint", "slice_axis", "scale_factor", "preset", "label_values", "profile", "steps", "seed"):
+            if getattr(previous, key) != getattr(config, key):
+                raise RehrsegInputError(
+                    f"{os.path.join(model_folder, 'config.json')} has {key}={getattr(previous, key)} but this run has "
+                    f"{getattr(config, key)}; continue with the same data and options or use another -o."
+                )
+    os.makedirs(model_folder, exist_ok=True)
+    config.save(model_folder)
+    log_path = os.path.join(model_folder, "training_log.txt")
+
+    def log(message: str) -> None:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+        tqdm.write(line)
+        with open(log_path, "a") as handle:
+            handle.write(line + "\n")
+
+    log(f"dataset {raw.name}: {len(cases)} case(s), slice axis {'xyz'[geometry.slice_axis]}, r = {geometry.scale_factor}, "
+        f"preset {preset}, device {torch_device}, steps {stage_steps}")
+    r = geometry.scale_factor
+    c = config.image_channels
+
+    if not os.path.isfile(final_checkpoint(model_folder, "1a")):
+        volumes = [DegradedVolume.build(case.image, case.labels, r, fwhm, profile) for case in cases]
+        kwargs = config.plane_net_kwargs()
+        net = PlaneSRNet(**kwargs)
+        trainer = StageTrainer(model_folder, "1a", net, "plane", kwargs,
+                               PlanePairSampler(volumes, config.num_classes, r, settings["patch_size"]["1a"]),
+                               stage_steps["1a"], settings["batch_size"]["1a"], settings["learning_rate"],
+                               torch_device, seed, save_every, log)
+        if resume:
+            trainer.resume()
+        trainer.run(plane_loss(c))
+
+    pending = [s for s in ("1b", "1c") if not os.path.isfile(final_checkpoint(model_folder, s))]
+    if pending:
+        pseudo = pseudohr_training_volumes(model_folder, cases, config, torch_device, log)
+        volumes = [DegradedVolume.build(image, labels, r, fwhm, profile) for image, labels in pseudo]
+        for stage in pending:
+            kwargs = config.slice_net_kwargs(uncertainty_head=stage == "1c")
+            net = SliceInterpolationNet(**kwargs)
+            if stage == "1b" and flavr_state is not None:
+                log(load_flavr_weights(net, flavr_state).summary())
+            if stage == "1c":
+                # start from stage 1b; the UASR output layers are new (METHOD.md 1c)
+                previous = load_stage_network(model_folder, "1b", torch.device("cpu")).state_dict()
+                skip = head_parameter_prefixes(0)
+                body = {k: v for k, v in previous.items() if not k.startswith(skip)}
+                missing = net.load_state_dict(body, strict=False).missing_keys
+                assert all(k.startswith(head_parameter_prefixes(kwargs["num_attention_maps"])) for k in missing)
+            sampler = FramePairSampler(volumes, config.num_classes, r, settings["patch_size"][stage])
+            trainer = StageTrainer(model_folder, stage, net, "slice", kwargs, sampler, stage_steps[stage],
+                                   settings["batch_size"][stage], settings["learning_rate"], torch_device, seed,
+                                   save_every, log)
+            if resume:
+                trainer.resume()
+            trainer.run(slice_loss(c))
+    log(f"SR model complete in {model_folder}")
+    return model_folder
