@@ -47,8 +47,9 @@ def slice_profile(offsets: np.ndarray, fwhm: float, kind: ProfileKind = "gaussia
     """
     offsets = np.asarray(offsets, dtype=np.float64)
     if kind == "gaussian":
-        if fwhm <= 0:
-            return (np.abs(offsets) < 0.5).astype(np.float64)
+        if fwhm < 1.0:
+            # narrower than a voxel: plain linear interpolation at the slice centre
+            return np.clip(1.0 - np.abs(offsets), 0.0, 1.0)
         sigma = fwhm * FWHM_TO_SIGMA
         return np.exp(-0.5 * (offsets / sigma) ** 2)
     if kind == "box":

@@ -30,7 +30,8 @@ def phantom_hr(shape=(48, 48, 48), seed=0, num_blobs=3):
 
 def write_thick_slice_dataset(raw_root: str, dataset_id: int = 501, name: str = "Phantom", num_cases: int = 2,
                               r: int = 4, shape=(48, 48, 48), channels: int = 1,
-                              direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), origin=(0.0, 0.0, 0.0)) -> str:
+                              direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), origin=(0.0, 0.0, 0.0),
+                              file_ending: str = ".nii.gz") -> str:
     """Write DatasetXXX_Name with thick slices (spacing r mm along z, 1 mm in-plane) and LR labels."""
     folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name}")
     os.makedirs(os.path.join(folder, "imagesTr"), exist_ok=True)
@@ -46,10 +47,10 @@ def write_thick_slice_dataset(raw_root: str, dataset_id: int = 501, name: str = 
         identifier = f"case{case:03d}"
         for channel in range(channels):
             out = lr_image if channel == 0 else sitk.Cast(lr_image * (1.5 + channel), sitk.sitkFloat32)
-            sitk.WriteImage(out, os.path.join(folder, "imagesTr", f"{identifier}_{channel:04d}.nii.gz"))
-        sitk.WriteImage(sitk.Cast(lr_label, sitk.sitkUInt8), os.path.join(folder, "labelsTr", f"{identifier}.nii.gz"))
+            sitk.WriteImage(out, os.path.join(folder, "imagesTr", f"{identifier}_{channel:04d}{file_ending}"))
+        sitk.WriteImage(sitk.Cast(lr_label, sitk.sitkUInt8), os.path.join(folder, "labelsTr", f"{identifier}{file_ending}"))
     with open(os.path.join(folder, "dataset.json"), "w") as handle:
         json.dump({"channel_names": {str(c): f"T{c + 1}" for c in range(channels)},
                    "labels": {"background": 0, "shell": 1, "core": 2},
-                   "numTraining": num_cases, "file_ending": ".nii.gz"}, handle, indent=2)
+                   "numTraining": num_cases, "file_ending": file_ending}, handle, indent=2)
     return folder

@@ -108,7 +108,9 @@ class FramePairSampler:
         self.num_classes = num_classes
         self.r = scale_factor
         smallest = min(min(v.image.shape[1:]) for v in volumes)
-        self.patch = max(8, min(patch_size, smallest) // 8 * 8)
+        if smallest < 8 or min(v.degraded_images[2].shape[2] for v in volumes) < 4:
+            raise ValueError(f"Volumes of {smallest} voxels are too small for 4-slice windows of 8x8 patches.")
+        self.patch = min(patch_size, smallest) // 8 * 8
         self.offset = (scale_factor + 1) // 2
 
     def sample(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -1,0 +1,186 @@
+"""rehrseg_train_sr through its console script: training, resume after a kill, and bad input."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import console_script, run_script
+from phantoms import write_thick_slice_dataset
+
+
+def tree_digest(folder: str) -> dict:
+    digest = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as handle:
+                digest[os.path.relpath(path, folder)] = hashlib.sha256(handle.read()).hexdigest()
+    return digest
+
+
+def test_training_writes_config_checkpoints_and_log(trained_sr_model):
+    model = trained_sr_model["model"]
+    with open(os.path.join(model, "config.json")) as handle:
+        config = json.load(handle)
+    assert config["scale_factor"] == 4 and config["slice_axis"] == 2
+    assert config["label_values"] == [0, 1, 2] and len(config["channel_names"]) == 2
+    assert config["lr_spacing"] == [1.0, 1.0, 4.0] and config["hr_spacing"] == [1.0, 1.0, 1.0]
+    assert config["steps"] == {"1a": 4, "1b": 4, "1c": 4} and len(config["fingerprint"]) == 16
+    for stage in ("1a", "1b", "1c"):
+        assert os.path.isfile(os.path.join(model, f"stage_{stage}", "checkpoint_final.pth"))
+    log = open(os.path.join(model, "training_log.txt")).read()
+    assert "stage 1c: finished 4 steps" in log and "SR model complete" in log
+    assert "SR stage 1a" in trained_sr_model["stderr"]  # progress bar
+
+
+def test_second_run_without_continue_is_refused(trained_sr_model):
+    result = run_script("rehrseg_train_sr", ["-d", "502", "-o", trained_sr_model["model"], "--steps", "4"],
+                        {"nnUNet_raw": trained_sr_model["raw"]})
+    assert result.returncode != 0
+    assert "--continue" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_killed_training_resumes_from_its_checkpoint(tmp_path):
+    raw = tmp_path / "raw"
+    write_thick_slice_dataset(str(raw), dataset_id=503, num_cases=2)
+    model = tmp_path / "model"
+    env = {**os.environ, "nnUNet_raw": str(raw)}
+    args = ["-d", "503", "-o", str(model), "--steps", "6", "400", "6", "--save-every", "2", "-device", "cpu"]
+    process = subprocess.Popen([console_script("rehrseg_train_sr"), *args], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = model / "stage_1b" / "checkpoint_latest.pth"
+    deadline = time.time() + 300
+    while not latest.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert latest.exists(), "stage 1b never wrote a checkpoint"
+    assert not (model / "stage_1b" / "checkpoint_final.pth").exists(), "the run finished before it was killed"
+    leftovers = [p for p in model.rglob("*.tmp")]
+    result = run_script("rehrseg_train_sr", args + ["--continue"], {"nnUNet_raw": str(raw)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = (model / "training_log.txt").read_text()
+    resumed = [line for line in log.splitlines() if "stage 1b: resumed from step" in line]
+    assert resumed, log
+    step = int(resumed[0].split("step ")[1].split()[0])
+    assert 2 <= step < 400
+    assert log.count("stage 1a: finished") == 1  # stage 1a was not trained again
+    assert "stage 1c: finished 6 steps" in log
+    assert not list(model.rglob("*.tmp")) or leftovers  # no new partial files after a clean finish
+
+
+def _bad(tmp_path, mutate, dataset_id=510, **dataset_kwargs):
+    raw = tmp_path / "raw"
+    folder = write_thick_slice_dataset(str(raw), dataset_id=dataset_id, num_cases=2, **dataset_kwargs)
+    mutate(folder)
+    before = tree_digest(folder)
+    model = tmp_path / "model"
+    result = run_script("rehrseg_train_sr", ["-d", str(dataset_id), "-o", str(model), "--steps", "2"],
+                        {"nnUNet_raw": str(raw)})
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert not model.exists(), "a failed run wrote its model folder"
+    assert tree_digest(folder) == before
+    return lines[0]
+
+
+def _rewrite(path, change):
+    image = sitk.ReadImage(path)
+    sitk.WriteImage(change(image), path)
+
+
+def _set_spacing(spacing):
+    def change(image):
+        image.SetSpacing(spacing)
+        return image
+    return change
+
+
+def test_isotropic_images_are_rejected(tmp_path):
+    def mutate(folder):
+        for sub in ("imagesTr", "labelsTr"):
+            for f in os.listdir(os.path.join(folder, sub)):
+                _rewrite(os.path.join(folder, sub, f), _set_spacing((1.0, 1.0, 1.0)))
+    line = _bad(tmp_path, mutate)
+    assert "case000_0000.nii.gz" in line and "isotropic" in line
+
+
+def test_ambiguous_slice_axis_is_rejected(tmp_path):
+    def mutate(folder):
+        for sub in ("imagesTr", "labelsTr"):
+            for f in os.listdir(os.path.join(folder, sub)):
+                _rewrite(os.path.join(folder, sub, f), _set_spacing((1.0, 4.0, 4.0)))
+    line = _bad(tmp_path, mutate)
+    assert "ambiguous" in line and "--slice-axis" in line
+
+
+def test_case_without_label_is_rejected(tmp_path):
+    line = _bad(tmp_path, lambda folder: os.remove(os.path.join(folder, "labelsTr", "case001.nii.gz")))
+    assert "case001.nii.gz is missing" in line and "no label" in line
+
+
+def test_label_geometry_mismatch_is_rejected(tmp_path):
+    def mutate(folder):
+        def shift(image):
+            image.SetOrigin((3.0, 0.0, 0.0))
+            return image
+        _rewrite(os.path.join(folder, "labelsTr", "case001.nii.gz"), shift)
+    line = _bad(tmp_path, mutate)
+    assert "labelsTr/case001.nii.gz" in line and "resample the label" in line
+
+
+def test_nan_voxels_are_rejected(tmp_path):
+    def mutate(folder):
+        def poison(image):
+            array = sitk.GetArrayFromImage(image)
+            array[2, 3, 4] = np.nan
+            out = sitk.GetImageFromArray(array)
+            out.CopyInformation(image)
+            return out
+        _rewrite(os.path.join(folder, "imagesTr", "case001_0000.mha"), poison)
+    # MetaImage keeps NaN (SimpleITK's NIfTI writer stores non-finite values as 0)
+    line = _bad(tmp_path, mutate, file_ending=".mha")
+    assert "case001_0000.mha" in line and "NaN or Inf" in line
+
+
+def test_2d_images_are_rejected(tmp_path):
+    def mutate(folder):
+        path = os.path.join(folder, "imagesTr", "case000_0000.nii.gz")
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((20, 20), np.float32)), path)
+    line = _bad(tmp_path, mutate)
+    assert "case000_0000.nii.gz" in line and "2D" in line
+
+
+def test_inconsistent_scale_factor_is_rejected(tmp_path):
+    def mutate(folder):
+        for path in (os.path.join(folder, "imagesTr", "case001_0000.nii.gz"), os.path.join(folder, "labelsTr", "case001.nii.gz")):
+            _rewrite(path, _set_spacing((1.0, 1.0, 3.0)))
+    line = _bad(tmp_path, mutate)
+    assert "case001_0000.nii.gz" in line and "scale factor 3" in line
+
+
+def test_inconsistent_slice_axis_is_rejected(tmp_path):
+    def mutate(folder):
+        for path in (os.path.join(folder, "imagesTr", "case001_0000.nii.gz"), os.path.join(folder, "labelsTr", "case001.nii.gz")):
+            _rewrite(path, _set_spacing((4.0, 1.0, 1.0)))
+    line = _bad(tmp_path, mutate)
+    assert "case001_0000.nii.gz" in line and "slice axis" in line
+
+
+def test_unknown_dataset_id_is_rejected(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    result = run_script("rehrseg_train_sr", ["-d", "777", "-o", str(tmp_path / "model")], {"nnUNet_raw": str(raw)})
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "777" in lines[0] and "does not exist" in lines[0]
+    assert not (tmp_path / "model").exists()
