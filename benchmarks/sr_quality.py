@@ -24,9 +24,9 @@ import time
 import numpy as np
 import SimpleITK as sitk
 from scipy.stats import spearmanr
-from skimage.metrics import structural_similarity
 
 from rehrseg_nnunet.degradation import simulate_thick_slices
+from rehrseg_nnunet.evaluation import label_dice, linear_label_interpolation, psnr, resample_like, ssim
 from rehrseg_nnunet.geometry import Grid
 from rehrseg_nnunet.sr.infer import SuperResolver
 
@@ -55,45 +55,6 @@ def make_lr_dataset(data: str, raw_root: str, dataset_id: int = 901) -> tuple[st
     return name, cases
 
 
-def psnr(truth: np.ndarray, estimate: np.ndarray, mask: np.ndarray) -> float:
-    data_range = float(truth[mask].max() - truth[mask].min())
-    mse = float(np.mean((truth[mask] - estimate[mask]) ** 2))
-    return 10 * np.log10(data_range ** 2 / mse)
-
-
-def ssim(truth: np.ndarray, estimate: np.ndarray, mask: np.ndarray) -> float:
-    data_range = float(truth[mask].max() - truth[mask].min())
-    _, full = structural_similarity(truth, estimate, data_range=data_range, full=True)
-    return float(full[mask].mean())
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return float(2 * np.logical_and(a, b).sum() / total) if total else 1.0
-
-
-def label_scores(truth: np.ndarray, estimate: np.ndarray) -> dict:
-    scores = {"whole_tumour": dice(truth > 0, estimate > 0)}
-    for name, value in LABELS.items():
-        if value and (truth == value).any():
-            scores[name] = dice(truth == value, estimate == value)
-    return scores
-
-
-def resample_to(image: sitk.Image, reference: sitk.Image, interpolator) -> np.ndarray:
-    return sitk.GetArrayFromImage(sitk.Resample(image, reference, sitk.Transform(), interpolator, 0.0))
-
-
-def linear_label_interpolation(lr_label: sitk.Image, reference: sitk.Image) -> np.ndarray:
-    lr = sitk.GetArrayFromImage(lr_label)
-    probabilities = []
-    for value in LABELS.values():
-        channel = sitk.GetImageFromArray((lr == value).astype(np.float32))
-        channel.CopyInformation(lr_label)
-        probabilities.append(resample_to(channel, reference, sitk.sitkLinear))
-    return np.asarray(list(LABELS.values()))[np.argmax(probabilities, axis=0)]
-
-
 def evaluate(data: str, raw_folder: str, cases: list[str], model: str, device: str) -> dict:
     per_case = []
     resolvers = {stage: SuperResolver(model, device, stage) for stage in ("1a", "1b", "1c")}
@@ -109,11 +70,11 @@ def evaluate(data: str, raw_folder: str, cases: list[str], model: str, device: s
         hr_reference = Grid.from_image(lr_image).refine(SLICE_AXIS, SCALE_FACTOR).image_from_array(
             np.zeros(tuple(reversed(Grid.from_image(lr_image).refine(SLICE_AXIS, SCALE_FACTOR).size)), np.float32))
         assert np.allclose(hr_reference.GetOrigin(), truth_image.GetOrigin(), atol=1e-4), "HR grid misaligned"
-        cubic = resample_to(lr_image, hr_reference, sitk.sitkBSpline)[:n]
+        cubic = resample_like(lr_image, hr_reference, sitk.sitkBSpline)[:n]
         scores = {"case": case, "lr_shape": list(reversed(lr_image.GetSize())),
                   "psnr_cubic_db": psnr(truth, cubic, mask), "ssim_cubic": ssim(truth, cubic, mask),
-                  "label_dice_nearest": label_scores(truth_labels, resample_to(lr_label, hr_reference, sitk.sitkNearestNeighbor)[:n]),
-                  "label_dice_linear": label_scores(truth_labels, linear_label_interpolation(lr_label, hr_reference)[:n])}
+                  "label_dice_nearest": label_dice(truth_labels, resample_like(lr_label, hr_reference, sitk.sitkNearestNeighbor)[:n], LABELS),
+                  "label_dice_linear": label_dice(truth_labels, linear_label_interpolation(lr_label, hr_reference, list(LABELS.values()))[:n], LABELS)}
         for stage, resolver in resolvers.items():
             started = time.perf_counter()
             result = resolver([lr_image], lr_label)
@@ -121,7 +82,7 @@ def evaluate(data: str, raw_folder: str, cases: list[str], model: str, device: s
             estimate = sitk.GetArrayFromImage(result.images[0])[:n]
             scores[f"psnr_{stage}_db"] = psnr(truth, estimate, mask)
             scores[f"ssim_{stage}"] = ssim(truth, estimate, mask)
-            scores[f"label_dice_{stage}"] = label_scores(truth_labels, sitk.GetArrayFromImage(result.label)[:n])
+            scores[f"label_dice_{stage}"] = label_dice(truth_labels, sitk.GetArrayFromImage(result.label)[:n], LABELS)
             if stage == "1c":
                 sr_seconds.append(seconds)
                 uncertainty = sitk.GetArrayFromImage(result.uncertainty)[:n]
@@ -139,10 +100,10 @@ def evaluate(data: str, raw_folder: str, cases: list[str], model: str, device: s
         "psnr_1a_db": mean("psnr_1a_db"), "psnr_1b_db": mean("psnr_1b_db"), "psnr_1c_db": mean("psnr_1c_db"),
         "ssim_cubic": mean("ssim_cubic"), "ssim_sr": mean("ssim_1c"),
         "ssim_1a": mean("ssim_1a"), "ssim_1b": mean("ssim_1b"),
-        "label_dice_nearest": mean("label_dice_nearest", "whole_tumour"),
-        "label_dice_linear": mean("label_dice_linear", "whole_tumour"),
-        "label_dice_sr": mean("label_dice_1c", "whole_tumour"),
-        "label_dice_1a": mean("label_dice_1a", "whole_tumour"), "label_dice_1b": mean("label_dice_1b", "whole_tumour"),
+        "label_dice_nearest": mean("label_dice_nearest", "foreground"),
+        "label_dice_linear": mean("label_dice_linear", "foreground"),
+        "label_dice_sr": mean("label_dice_1c", "foreground"),
+        "label_dice_1a": mean("label_dice_1a", "foreground"), "label_dice_1b": mean("label_dice_1b", "foreground"),
         "uncertainty_spearman": mean("uncertainty_spearman"),
         "sr_inference_seconds_per_volume": float(np.mean(sr_seconds)),
         "per_case": per_case,
