@@ -19,16 +19,26 @@ def test_network_output_shapes(r):
     assert float(uncertainty.min()) > 0 and float(uncertainty.max()) < 1
 
 
-def test_slice_net_prior_is_linear_interpolation_of_middle_frames():
+def test_untrained_slice_net_is_the_interpolation_prior():
     net = SliceInterpolationNet(1, 2, 4, widths=(8, 8, 8, 8), blocks=(1, 1, 1, 1))
-    torch.nn.init.zeros_(net.out.weight)
-    torch.nn.init.zeros_(net.out.bias)
     frames = torch.zeros(1, 3, 4, 8, 8)
-    frames[:, 0, 1] = 1.0
-    frames[:, 0, 2] = 5.0
-    out = net(frames)["output"][0, 0, :, 0, 0]
+    frames[:, 0] = torch.tensor([-3.0, 1.0, 5.0, 9.0]).view(4, 1, 1)  # a linear ramp: cubic keeps it exactly
+    frames[:, 2, 1] = 1.0  # label: class 1 on frame 1, class 0 on frame 2
+    frames[:, 1, 2] = 1.0
+    out = net(frames)["output"][0, :, :, 0, 0].detach()
     # HR slices between LR centres k and k+1 sit at fractions 1/8, 3/8, 5/8, 7/8
-    np.testing.assert_allclose(out.detach().numpy(), [1.5, 2.5, 3.5, 4.5], atol=1e-6)
+    np.testing.assert_allclose(out[0].numpy(), [1.5, 2.5, 3.5, 4.5], atol=1e-5)
+    np.testing.assert_array_equal(out[1:].argmax(0).numpy(), [1, 1, 0, 0])
+
+
+def test_uncertainty_head_starts_from_the_stage_1b_output():
+    plain = SliceInterpolationNet(1, 2, 3, widths=(8, 8, 8, 8), blocks=(1, 1, 1, 1))
+    torch.nn.init.normal_(plain.out.weight, std=0.05)
+    uasr = SliceInterpolationNet(1, 2, 3, widths=(8, 8, 8, 8), blocks=(1, 1, 1, 1), num_attention_maps=3)
+    uasr.load_state_dict({k: v for k, v in plain.state_dict().items() if not k.startswith("out.")}, strict=False)
+    uasr.init_uncertainty_head_from(plain.out)
+    frames = torch.randn(2, 3, 4, 16, 8)
+    torch.testing.assert_close(uasr(frames)["output"], plain(frames)["output"], atol=1e-5, rtol=1e-5)
 
 
 def flavr_state_dict(in_channels=3, n_outputs=3):
@@ -98,3 +108,15 @@ def test_training_pairs_are_aligned_on_the_cell_centred_grid():
     frames = FramePairSampler([volume], 2, r, 16)
     f, hr, hr_labels, known = frames.sample(np.random.default_rng(1), 4)
     assert f.shape == (4, 3, 4, 16, 16) and hr.shape == (4, 1, 4, 16, 16)
+
+
+def test_refining_network_starts_at_the_stage_1a_estimate():
+    net = SliceInterpolationNet(1, 3, 2, widths=(8, 8, 8, 8), blocks=(1, 1, 1, 1), num_attention_maps=2,
+                                refine_prior=True)
+    frames = torch.randn(2, 4, 4, 8, 16)
+    prior = torch.cat([torch.randn(2, 1, 2, 8, 16), torch.softmax(torch.randn(2, 3, 2, 8, 16), 1)], 1)
+    out = net(frames, prior)["output"].detach()
+    torch.testing.assert_close(out[:, :1], prior[:, :1])
+    assert torch.equal(out[:, 1:].argmax(1), prior[:, 1:].argmax(1))
+    with pytest.raises(ValueError, match="prior"):
+        net(frames)

@@ -160,20 +160,13 @@ def test_2d_images_are_rejected(tmp_path):
     assert "case000_0000.nii.gz" in line and "2D" in line
 
 
-def test_inconsistent_scale_factor_is_rejected(tmp_path):
+@pytest.mark.parametrize("spacing, expected", [((1.0, 1.0, 3.0), "scale factor 3"), ((4.0, 1.0, 1.0), "slice axis")])
+def test_cases_disagreeing_on_r_or_slice_axis_are_rejected(tmp_path, spacing, expected):
     def mutate(folder):
         for path in (os.path.join(folder, "imagesTr", "case001_0000.nii.gz"), os.path.join(folder, "labelsTr", "case001.nii.gz")):
-            _rewrite(path, _set_spacing((1.0, 1.0, 3.0)))
+            _rewrite(path, _set_spacing(spacing))
     line = _bad(tmp_path, mutate)
-    assert "case001_0000.nii.gz" in line and "scale factor 3" in line
-
-
-def test_inconsistent_slice_axis_is_rejected(tmp_path):
-    def mutate(folder):
-        for path in (os.path.join(folder, "imagesTr", "case001_0000.nii.gz"), os.path.join(folder, "labelsTr", "case001.nii.gz")):
-            _rewrite(path, _set_spacing((4.0, 1.0, 1.0)))
-    line = _bad(tmp_path, mutate)
-    assert "case001_0000.nii.gz" in line and "slice axis" in line
+    assert "case001_0000.nii.gz" in line and expected in line
 
 
 def test_unknown_dataset_id_is_rejected(tmp_path):

@@ -19,10 +19,10 @@ CONFIG_FILE = "config.json"
 #: stage 1a = 260 000 steps; FLAVR ResNet-18 widths; 20 000 UASR fine-tuning steps).
 PRESETS: dict[str, dict] = {
     "small": {
-        "plane_net": {"features": 24, "num_blocks": 4, "expansion": 4},
+        "plane_net": {"features": 16, "num_blocks": 4, "expansion": 4},
         "slice_net": {"widths": [16, 24, 32, 48], "blocks": [1, 1, 1, 1]},
         "num_attention_maps": 4,
-        "steps": {"1a": 1500, "1b": 500, "1c": 400},
+        "steps": {"1a": 1500, "1b": 500, "1c": 800},
         "batch_size": {"1a": 16, "1b": 4, "1c": 4},
         "patch_size": {"1a": 64, "1b": 64, "1c": 64},
         "learning_rate": 5e-4,
@@ -75,7 +75,8 @@ class SRConfig:
         return {"image_channels": self.image_channels, "num_classes": self.num_classes,
                 "scale_factor": self.scale_factor, "widths": tuple(self.settings["slice_net"]["widths"]),
                 "blocks": tuple(self.settings["slice_net"]["blocks"]),
-                "num_attention_maps": self.settings["num_attention_maps"] if uncertainty_head else 0}
+                "num_attention_maps": self.settings["num_attention_maps"] if uncertainty_head else 0,
+                "refine_prior": True}
 
     def save(self, folder: str) -> None:
         path = os.path.join(folder, CONFIG_FILE)

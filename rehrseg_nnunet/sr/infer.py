@@ -75,9 +75,14 @@ def plane_super_resolve(net: PlaneSRNet, volume: np.ndarray, device: torch.devic
 
 
 @torch.no_grad()
-def slice_super_resolve(net: SliceInterpolationNet, volume: np.ndarray, device: torch.device, batch_size: int = 4
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def slice_super_resolve(net: SliceInterpolationNet, volume: np.ndarray, device: torch.device, batch_size: int = 4,
+                        prior: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Stages 1b/1c: slide a 4-slice window along S (edge-padded ends); each window gives r HR slices.
+
+    Args:
+        net: trained :class:`SliceInterpolationNet`.
+        volume: (C+K, S, A, B) network input.
+        prior: (C+K, S*r, A, B) stage 1a estimate (image, label probabilities), for ``refine_prior`` networks.
 
     Returns:
         (image (C, S*r, A, B), label probabilities (K, S*r, A, B), uncertainty (S*r, A, B) or None).
@@ -95,9 +100,15 @@ def slice_super_resolve(net: SliceInterpolationNet, volume: np.ndarray, device: 
         ks = windows[start:start + batch_size]
         index = np.clip(np.asarray(ks)[:, None] + np.arange(-1, NUM_FRAMES - 1)[None], 0, s - 1)
         frames = torch.from_numpy(np.ascontiguousarray(volume[:, index].transpose(1, 0, 2, 3, 4))).to(device)
+        window_prior = None
+        if prior is not None:
+            hr_index = np.clip(r * np.asarray(ks)[:, None] + offset + np.arange(r)[None], 0, s * r - 1)
+            window_prior = torch.from_numpy(np.ascontiguousarray(prior[:, hr_index].transpose(1, 0, 2, 3, 4))).to(device)
         if pad_a or pad_b:
             frames = F.pad(frames, (0, pad_b, 0, pad_a, 0, 0), mode="replicate")
-        result = net(frames)
+            if window_prior is not None:
+                window_prior = F.pad(window_prior, (0, pad_b, 0, pad_a, 0, 0), mode="replicate")
+        result = net(frames, window_prior)
         out = result["output"][..., :a, :b]
         out = torch.cat([out[:, :c], torch.softmax(out[:, c:], 1)], 1).cpu().numpy()
         unc = result["uncertainty"][:, 0, :, :a, :b].cpu().numpy() if uncertainty is not None else None
@@ -159,6 +170,8 @@ class SuperResolver:
             stage = finished[0]
         self.stage = stage
         self.net = load_stage_network(model_folder, stage, self.device)
+        refines = getattr(self.net, "refine_prior", False)
+        self.plane_net = load_stage_network(model_folder, "1a", self.device) if refines else None
         self.batch_size = batch_size
 
     def check_compatible(self, images: list[sitk.Image], source: str) -> None:
@@ -190,7 +203,10 @@ class SuperResolver:
             hr, probabilities = plane_super_resolve(self.net, volume, self.device, 4 * self.batch_size)
             uncertainty = None
         else:
-            hr, probabilities, uncertainty = slice_super_resolve(self.net, volume, self.device, self.batch_size)
+            prior = None
+            if self.plane_net is not None:
+                prior = np.concatenate(plane_super_resolve(self.plane_net, volume, self.device, 4 * self.batch_size))
+            hr, probabilities, uncertainty = slice_super_resolve(self.net, volume, self.device, self.batch_size, prior)
         if uncertainty is None:  # no UASR head: 1 - max class probability as a stand-in
             uncertainty = 1.0 - probabilities.max(axis=0)
         low, high = float(uncertainty.min()), float(uncertainty.max())

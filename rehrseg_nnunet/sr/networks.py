@@ -164,6 +164,9 @@ class SliceInterpolationNet(nn.Module):
         widths: encoder widths (authors / FLAVR: 64, 128, 256, 512).
         blocks: residual blocks per encoder stage (FLAVR ResNet-18: 2, 2, 2, 2).
         num_attention_maps: M of the UASR head; 0 = plain output head (stage 1b).
+        refine_prior: when True, ``forward`` takes the stage 1a estimate of the r HR slices as a
+            prior: the network sees it at full resolution and predicts a residual on top of it.
+            When False the prior is cubic interpolation of the frames.
 
     Returns from ``forward``: a dict with ``output`` (B, C, r, H, W) — image channels then label
     logits — and, for the UASR head, ``uncertainty`` (B, 1, r, H, W) in (0, 1).
@@ -172,8 +175,10 @@ class SliceInterpolationNet(nn.Module):
 
     def __init__(self, image_channels: int, num_classes: int, scale_factor: int,
                  widths: tuple[int, int, int, int] = (64, 128, 256, 512),
-                 blocks: tuple[int, int, int, int] = (2, 2, 2, 2), num_attention_maps: int = 0):
+                 blocks: tuple[int, int, int, int] = (2, 2, 2, 2), num_attention_maps: int = 0,
+                 refine_prior: bool = False):
         super().__init__()
+        self.refine_prior = refine_prior
         self.image_channels = image_channels
         self.num_classes = num_classes
         self.scale_factor = scale_factor
@@ -189,13 +194,22 @@ class SliceInterpolationNet(nn.Module):
             DecoderLayer(2 * w0, w0, upsample=True),
         ])
         self.fuse = nn.Conv2d(w0 * NUM_FRAMES, w0, 1, bias=False)
+        # FLAVR's decoder reaches full resolution only through a transposed conv from stride 2; a
+        # full-resolution path from the input frames keeps fine in-plane detail (not in FLAVR)
+        self.full_resolution = nn.Conv2d(channels * (NUM_FRAMES + (scale_factor if refine_prior else 0)), w0, 3,
+                                         padding=1)
         if num_attention_maps:
             self.reconstructions = nn.Conv2d(w0, num_attention_maps * channels * scale_factor, 7, padding=3,
                                              padding_mode="reflect")
             self.attention = nn.Conv2d(w0, num_attention_maps * scale_factor, 7, padding=3, padding_mode="reflect")
             self.uncertainty = nn.Conv3d(num_attention_maps, 1, 1)
+            head = self.reconstructions
         else:
             self.out = nn.Conv2d(w0, channels * scale_factor, 7, padding=3, padding_mode="reflect")
+            head = self.out
+        # the residual starts at zero: an untrained network is exactly the interpolation prior
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
 
     def fractions(self) -> torch.Tensor:
         """Position of each output slice between frame 1 (0) and frame 2 (1) on the cell-centred grid."""
@@ -204,14 +218,29 @@ class SliceInterpolationNet(nn.Module):
         return (offset + torch.arange(r, dtype=torch.float32) - (r - 1) / 2.0) / r
 
     def interpolation_prior(self, frames: torch.Tensor) -> torch.Tensor:
+        """Cubic (Catmull-Rom) interpolation of the image over the 4 frames, linear for the labels."""
         f = self.fractions().to(frames).view(1, 1, -1, 1, 1)
-        base = (1 - f) * frames[:, :, 1:2] + f * frames[:, :, 2:3]
-        return torch.cat([base[:, : self.image_channels], label_prior(base[:, self.image_channels:])], 1)
+        image = frames[:, : self.image_channels]
+        weights = ((-f ** 3 + 2 * f ** 2 - f) / 2, (3 * f ** 3 - 5 * f ** 2 + 2) / 2,
+                   (-3 * f ** 3 + 4 * f ** 2 + f) / 2, (f ** 3 - f ** 2) / 2)
+        cubic = sum(w * image[:, :, i:i + 1] for i, w in enumerate(weights))
+        labels = frames[:, self.image_channels:]
+        linear = (1 - f) * labels[:, :, 1:2] + f * labels[:, :, 2:3]
+        return torch.cat([cubic, label_prior(linear)], 1)
+
+    def init_uncertainty_head_from(self, plain_head: nn.Conv2d) -> None:
+        """Stage 1c starts from stage 1b: every one of the M reconstructions copies 1b's output layer."""
+        m = self.num_attention_maps
+        with torch.no_grad():
+            self.reconstructions.weight.copy_(plain_head.weight.repeat(m, 1, 1, 1))
+            self.reconstructions.bias.copy_(plain_head.bias.repeat(m))
 
     def encode(self, frames: torch.Tensor) -> list[torch.Tensor]:
         return self.encoder(frames)
 
-    def forward(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, frames: torch.Tensor, prior: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Args: frames (B, C+K, 4, H, W); prior (B, C+K, r, H, W) — image and label probabilities —
+        required when ``refine_prior``."""
         x0, x1, x2, x3, x4 = self.encoder(frames)
         d = self.decoder[0](x4)
         d = self.decoder[1](torch.cat([d, x3], 1))
@@ -219,10 +248,18 @@ class SliceInterpolationNet(nn.Module):
         d = self.decoder[3](torch.cat([d, x1], 1))
         d = self.decoder[4](torch.cat([d, x0], 1))
         b, c, k, h, w = d.shape
-        fused = F.leaky_relu(self.fuse(d.reshape(b, c * k, h, w)), 0.2)
+        full = frames.reshape(b, -1, h, w)
+        if self.refine_prior:
+            if prior is None:
+                raise ValueError("This network refines a stage 1a estimate: pass prior=(B, C+K, r, H, W).")
+            full = torch.cat([full, prior.reshape(b, -1, h, w)], 1)
+        fused = F.leaky_relu(self.fuse(d.reshape(b, c * k, h, w)) + self.full_resolution(full), 0.2)
         channels = self.image_channels + self.num_classes
         r = self.scale_factor
-        prior = self.interpolation_prior(frames)
+        if self.refine_prior:
+            prior = torch.cat([prior[:, : self.image_channels], label_prior(prior[:, self.image_channels:])], 1)
+        else:
+            prior = self.interpolation_prior(frames)
         if not self.num_attention_maps:
             return {"output": prior + self.out(fused).view(b, channels, r, h, w)}
         m = self.num_attention_maps

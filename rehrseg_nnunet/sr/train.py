@@ -184,8 +184,8 @@ def plane_loss(image_channels: int):
 
 
 def slice_loss(image_channels: int):
-    def loss_fn(net, frames, image, labels, known):
-        result = net(frames)
+    def loss_fn(net, frames, prior, image, labels, known):
+        result = net(frames, prior)
         return sr_loss(result["output"], image, labels, known, image_channels, result.get("uncertainty"))
     return loss_fn
 
@@ -214,6 +214,39 @@ def pseudohr_training_volumes(model_folder: str, cases: list[LRCase], config: SR
         volumes.append((image, labels))
     log(f"stage 1a pseudo-HR volumes ready for {len(volumes)} case(s) in {cache}")
     return volumes
+
+
+def stage_1a_prior(net: PlaneSRNet, volume: DegradedVolume, axis: int, num_classes: int, device: torch.device
+                   ) -> np.ndarray:
+    """Stage 1a applied to the copy of ``volume`` degraded along fine axis ``axis`` (2 or 3).
+
+    Returns:
+        (C+K, S, r*n, B) or (C+K, S, A, r*n) float16: image and label probabilities, HR again along ``axis``.
+    """
+    image = volume.degraded_images[axis]
+    onehot_input = network_input(image, volume.degraded_labels[axis], num_classes)
+    order = (0, axis, 1, 5 - axis)  # degraded axis first, as stage 1a expects
+    hr, probabilities = plane_super_resolve(net, np.ascontiguousarray(onehot_input.transpose(order)), device)
+    return np.concatenate([hr, probabilities]).transpose(np.argsort(order)).astype(np.float16)
+
+
+def attach_stage_1a_priors(model_folder: str, identifiers: list[str], volumes: list[DegradedVolume],
+                           config: SRConfig, device: torch.device) -> None:
+    """Stages 1b/1c refine stage 1a: their training pairs carry 1a's estimate of the target slices (cached)."""
+    cache = os.path.join(stage_dir(model_folder, "1a"), "priors")
+    os.makedirs(cache, exist_ok=True)
+    net = None
+    for identifier, volume in tqdm(list(zip(identifiers, volumes)), desc="stage 1a priors", unit="case",
+                                   dynamic_ncols=True):
+        for axis in (2, 3):
+            path = os.path.join(cache, f"{identifier}_axis{axis}.npy")
+            if not os.path.isfile(path):
+                if net is None:
+                    net = load_stage_network(model_folder, "1a", device)
+                with open(path + ".tmp", "wb") as handle:
+                    np.save(handle, stage_1a_prior(net, volume, axis, config.num_classes, device))
+                os.replace(path + ".tmp", path)
+            volume.priors[axis] = np.load(path)
 
 
 def train_sr(dataset: str, output: str | None = None, device: str | None = None, preset: str = "small",
@@ -300,6 +333,7 @@ def train_sr(dataset: str, output: str | None = None, device: str | None = None,
     if pending:
         pseudo = pseudohr_training_volumes(model_folder, cases, config, torch_device, log)
         volumes = [DegradedVolume.build(image, labels, r, fwhm, profile) for image, labels in pseudo]
+        attach_stage_1a_priors(model_folder, [case.identifier for case in cases], volumes, config, torch_device)
         for stage in pending:
             kwargs = config.slice_net_kwargs(uncertainty_head=stage == "1c")
             net = SliceInterpolationNet(**kwargs)
@@ -307,11 +341,12 @@ def train_sr(dataset: str, output: str | None = None, device: str | None = None,
                 log(load_flavr_weights(net, flavr_state).summary())
             if stage == "1c":
                 # start from stage 1b; the UASR output layers are new (METHOD.md 1c)
-                previous = load_stage_network(model_folder, "1b", torch.device("cpu")).state_dict()
+                previous = load_stage_network(model_folder, "1b", torch.device("cpu"))
                 skip = head_parameter_prefixes(0)
-                body = {k: v for k, v in previous.items() if not k.startswith(skip)}
+                body = {k: v for k, v in previous.state_dict().items() if not k.startswith(skip)}
                 missing = net.load_state_dict(body, strict=False).missing_keys
                 assert all(k.startswith(head_parameter_prefixes(kwargs["num_attention_maps"])) for k in missing)
+                net.init_uncertainty_head_from(previous.out)
             sampler = FramePairSampler(volumes, config.num_classes, r, settings["patch_size"][stage])
             trainer = StageTrainer(model_folder, stage, net, "slice", kwargs, sampler, stage_steps[stage],
                                    settings["batch_size"][stage], settings["learning_rate"], torch_device, seed,
