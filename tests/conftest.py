@@ -22,14 +22,21 @@ def run_script(name: str, args: list[str], env: dict, timeout: float = 600) -> s
                           timeout=timeout)
 
 
+#: geometry of the phantom HR volumes behind the session's SR model: rotated 20 degrees about y
+COS20, SIN20 = 0.9396926207859084, 0.3420201433256687
+PHANTOM_DIRECTION = (COS20, 0.0, SIN20, 0.0, 1.0, 0.0, -SIN20, 0.0, COS20)
+PHANTOM_ORIGIN = (5.0, -3.0, 12.0)
+
+
 @pytest.fixture(scope="session")
 def trained_sr_model(tmp_path_factory):
-    """A tiny SR model trained through the console script on a two-channel phantom dataset."""
+    """A tiny SR model trained through the console script on a two-channel, three-label phantom dataset."""
     from phantoms import write_thick_slice_dataset
 
     root = tmp_path_factory.mktemp("sr_model")
     raw = root / "raw"
-    write_thick_slice_dataset(str(raw), dataset_id=502, channels=2, num_cases=2)
+    write_thick_slice_dataset(str(raw), dataset_id=502, channels=2, num_cases=2, direction=PHANTOM_DIRECTION,
+                              origin=PHANTOM_ORIGIN)
     model = root / "model"
     result = run_script("rehrseg_train_sr", ["-d", "502", "-o", str(model), "--steps", "4", "-device", "cpu"],
                         {"nnUNet_raw": str(raw)})

@@ -87,13 +87,13 @@ def sr_loss(output: torch.Tensor, image: torch.Tensor, labels: torch.Tensor, kno
         present = target.sum(dims) > 0
         dice_loss = 1 - dice[present].mean()
         loss = loss + ce + dice_loss
-        parts["label"] = float(ce + dice_loss)
+        parts["label"] = float((ce + dice_loss).detach())
     if uncertainty is not None:
         sigma = uncertainty.clamp_min(1e-3)
         err = error.mean(1, keepdim=True)
         uasr = (err / sigma + torch.log(sigma)).mean() + (sigma - err.detach()).abs().mean()
         loss = loss + uasr
-        parts["uasr"] = float(uasr)
+        parts["uasr"] = float(uasr.detach())
     return loss, parts
 
 

@@ -1,0 +1,39 @@
+"""rehrseg_make_pseudohr — rewrite a thick-slice raw dataset into a pseudo-HR raw dataset."""
+
+from __future__ import annotations
+
+import argparse
+
+from rehrseg_nnunet.cli.common import run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rehrseg_make_pseudohr",
+        description="Apply a trained self-SR model to every case of an nnU-Net raw dataset and write "
+                    "nnUNet_raw/DatasetTTT_<Source>PseudoHR (images, labels, uncertainty maps, QC pictures).")
+    parser.add_argument("-d", dest="dataset", required=True, help="source dataset id or name under nnUNet_raw")
+    parser.add_argument("-o", dest="target_id", required=True, type=int, help="id of the new pseudo-HR dataset")
+    parser.add_argument("-m", dest="model", default=None,
+                        help="SR model folder (default: nnUNet_results/DatasetXXX_Name/rehrseg_sr)")
+    parser.add_argument("-device", default=None, choices=["cuda", "mps", "cpu"], help="torch device (default: auto)")
+    parser.add_argument("-part_id", type=int, default=0, help="this process handles cases part_id::num_parts")
+    parser.add_argument("-num_parts", type=int, default=1, help="number of processes/machines sharing the work")
+    parser.add_argument("-np", dest="num_processes", type=int, default=1, help="worker processes")
+    parser.add_argument("--overwrite", action="store_true", help="redo cases that are already complete")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+
+    def body() -> None:
+        from rehrseg_nnunet.pseudohr import make_pseudohr
+        make_pseudohr(args.dataset, args.target_id, args.model, args.device, args.part_id, args.num_parts,
+                      args.num_processes, args.overwrite)
+
+    run_cli("rehrseg_make_pseudohr", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""``rehrseg_make_pseudohr``: rewrite a thick-slice raw dataset into a pseudo-HR raw dataset.
+
+Output ``nnUNet_raw/DatasetTTT_<Source>PseudoHR``: ``imagesTr`` (every channel), ``labelsTr``,
+``uncertaintyTr`` (float, [0, 1]), ``imagesTs`` + ``uncertaintyTs`` when the source has test images,
+``qc/`` (one PNG per case) and ``dataset.json`` with a ``rehrseg`` block.
+
+Safety: the source is only read; each case is written under a temporary folder and its files are
+renamed into place when all of them are complete (the label last, so "label present" means
+"case complete"); a re-run skips complete cases; ``-part_id/-num_parts`` split the cases.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from dataclasses import dataclass
+
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from rehrseg_nnunet import __version__
+from rehrseg_nnunet.dataset_io import RawCase, RawDataset, load_raw_dataset, raw_root, read_case
+from rehrseg_nnunet.errors import RehrsegInputError
+from rehrseg_nnunet.geometry import Grid
+from rehrseg_nnunet.qc import Panel, save_qc_png
+from rehrseg_nnunet.sr.config import SRConfig, final_checkpoint
+from rehrseg_nnunet.sr.infer import SuperResolver
+
+TEMP_FOLDER = ".rehrseg_incomplete"
+
+
+@dataclass(frozen=True)
+class CaseJob:
+    case: RawCase
+    split: str  # "Tr" or "Ts"
+
+
+def default_sr_model_folder(dataset_name: str) -> str:
+    results = os.environ.get("nnUNet_results")
+    if not results:
+        raise RehrsegInputError("The environment variable nnUNet_results is not set; export it or pass -m SR_MODEL_FOLDER.")
+    return os.path.join(results, dataset_name, "rehrseg_sr")
+
+
+def checkpoint_hash(model_folder: str, stage: str) -> str:
+    digest = hashlib.sha256()
+    with open(final_checkpoint(model_folder, stage), "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def target_folder_for(source: RawDataset, target_id: int) -> str:
+    """``DatasetTTT_<Source>PseudoHR``; an existing folder with that id must come from the same source."""
+    root = raw_root()
+    existing = [d for d in os.listdir(root) if d.startswith(f"Dataset{target_id:03d}_")] if os.path.isdir(root) else []
+    source_short = source.name.split("_", 1)[1] if "_" in source.name else source.name
+    folder = os.path.join(root, f"Dataset{target_id:03d}_{source_short}PseudoHR")
+    for name in existing:
+        path = os.path.join(root, name)
+        metadata = {}
+        if os.path.isfile(os.path.join(path, "dataset.json")):
+            with open(os.path.join(path, "dataset.json")) as handle:
+                metadata = json.load(handle).get("rehrseg", {})
+        if path != folder or metadata.get("source_dataset") != source.name:
+            raise RehrsegInputError(
+                f"Dataset id {target_id} is already used by {path}; choose another -o TARGET_ID or remove that folder."
+            )
+    if os.path.abspath(folder) == os.path.abspath(source.folder):
+        raise RehrsegInputError(f"The target {folder} is the source dataset; choose another -o TARGET_ID.")
+    return folder
+
+
+def expected_files(folder: str, job: CaseJob, num_channels: int, file_ending: str) -> dict[str, str]:
+    """Final path of every file of one case; the label (training cases) or uncertainty (test) comes last."""
+    identifier = job.case.identifier
+    files = {f"image{c}": os.path.join(folder, f"images{job.split}", f"{identifier}_{c:04d}{file_ending}")
+             for c in range(num_channels)}
+    files["qc"] = os.path.join(folder, "qc", f"{identifier}.png")
+    files["uncertainty"] = os.path.join(folder, f"uncertainty{job.split}", f"{identifier}{file_ending}")
+    if job.split == "Tr":
+        files["label"] = os.path.join(folder, "labelsTr", f"{identifier}{file_ending}")
+    return files
+
+
+def is_complete(files: dict[str, str]) -> bool:
+    return all(os.path.isfile(path) for path in files.values())
+
+
+def check_model_matches_dataset(config: SRConfig, source: RawDataset, model_folder: str) -> None:
+    if config.image_channels != source.num_channels:
+        raise RehrsegInputError(
+            f"The SR model in {model_folder} has {config.image_channels} image channel(s) but {source.folder} has "
+            f"{source.num_channels}; train the SR model on this dataset (rehrseg_train_sr -d {source.name})."
+        )
+    if sorted(config.label_values) != source.label_values:
+        raise RehrsegInputError(
+            f"The SR model in {model_folder} knows labels {config.label_values} but {source.folder}/dataset.json declares "
+            f"{source.label_values}; train the SR model on this dataset."
+        )
+
+
+def check_case_geometry(config: SRConfig, job: CaseJob, model_folder: str) -> None:
+    """Header-only check that a case has the thick-slice geometry the model was trained for."""
+    reader = sitk.ImageFileReader()
+    for path in job.case.image_files:
+        reader.SetFileName(path)
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            raise RehrsegInputError(f"{path} cannot be read by SimpleITK; convert it to NIfTI (.nii.gz).") from None
+        spacing = reader.GetSpacing()
+        if reader.GetDimension() != 3:
+            raise RehrsegInputError(f"{path} is {reader.GetDimension()}D; REHRSeg needs 3D thick-slice volumes.")
+        thick = spacing[config.slice_axis]
+        expected = config.lr_spacing[config.slice_axis]
+        in_plane = max(s for i, s in enumerate(spacing) if i != config.slice_axis)
+        if abs(thick - expected) > 0.25 * expected or in_plane * 1.5 > thick:
+            raise RehrsegInputError(
+                f"{path} has spacing {tuple(round(s, 3) for s in spacing)} but the SR model in {model_folder} was trained "
+                f"for {expected:.3g} mm slices along {'xyz'[config.slice_axis]}; use a model trained for this geometry."
+            )
+
+
+_RESOLVER: SuperResolver | None = None
+
+
+def _init_worker(model_folder: str, device: str | None, threads: int | None) -> None:
+    global _RESOLVER
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+    _RESOLVER = SuperResolver(model_folder, device)
+
+
+def process_case(job: CaseJob, folder: str, file_ending: str, num_channels: int) -> float:
+    """Super-resolve one case into a temporary folder, then rename its files into place. Returns seconds."""
+    started = time.perf_counter()
+    images, label = read_case(job.case, require_label=job.split == "Tr")
+    result = _RESOLVER(images, label, source=job.case.image_files[0])
+    files = expected_files(folder, job, num_channels, file_ending)
+    temp = os.path.join(folder, TEMP_FOLDER, f"{job.split}_{job.case.identifier}_{os.getpid()}")
+    shutil.rmtree(temp, ignore_errors=True)
+    os.makedirs(temp)
+    written = {}
+    for channel, image in enumerate(result.images):
+        written[f"image{channel}"] = image
+    written["uncertainty"] = result.uncertainty
+    if "label" in files:
+        written["label"] = result.label
+    temp_paths = {}
+    for key, image in written.items():
+        temp_paths[key] = os.path.join(temp, f"{key}_{os.path.basename(files[key])}")
+        sitk.WriteImage(image, temp_paths[key], useCompression=True, compressionLevel=1)
+    temp_paths["qc"] = os.path.join(temp, "qc.png")
+    panels = [Panel("LR", images[0], label),
+              Panel("pseudo-HR", result.images[0], result.label if label is not None else None),
+              Panel("uncertainty", result.uncertainty, cmap="magma")]
+    save_qc_png(temp_paths["qc"], panels, slice_axis=_RESOLVER.config.slice_axis)
+    for key in files:  # dict order: images, qc, uncertainty, then the label last
+        os.makedirs(os.path.dirname(files[key]), exist_ok=True)
+        os.replace(temp_paths[key], files[key])
+    shutil.rmtree(temp, ignore_errors=True)
+    return time.perf_counter() - started
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str) -> None:
+    """Delete half-written cases left by interrupted runs (their process is gone); keep live ones."""
+    temp_root = os.path.join(folder, TEMP_FOLDER)
+    if not os.path.isdir(temp_root):
+        return
+    for name in os.listdir(temp_root):
+        pid = name.rsplit("_", 1)[-1]
+        if not pid.isdigit() or not _process_alive(int(pid)):
+            shutil.rmtree(os.path.join(temp_root, name), ignore_errors=True)
+    if not os.listdir(temp_root):
+        os.rmdir(temp_root)
+
+
+def write_dataset_json(folder: str, source: RawDataset, config: SRConfig, model_folder: str) -> None:
+    dataset_json = dict(source.dataset_json)
+    dataset_json["numTraining"] = len(source.training)
+    dataset_json["name"] = os.path.basename(folder).split("_", 1)[1]
+    dataset_json["rehrseg"] = {
+        "scale_factor": config.scale_factor, "slice_axis": config.slice_axis,
+        "lr_spacing": config.lr_spacing, "hr_spacing": config.hr_spacing,
+        "source_dataset": source.name, "sr_model_folder": os.path.abspath(model_folder),
+        "sr_stage": "1c", "sr_checkpoint_sha256": checkpoint_hash(model_folder, "1c"),
+        "uncertainty_folders": ["uncertaintyTr"] + (["uncertaintyTs"] if source.test else []),
+        "tool_version": __version__,
+    }
+    path = os.path.join(folder, "dataset.json")
+    with open(path + f".{os.getpid()}.tmp", "w") as handle:
+        json.dump(dataset_json, handle, indent=2)
+    os.replace(path + f".{os.getpid()}.tmp", path)
+
+
+def make_pseudohr(source_dataset: str, target_id: int, model_folder: str | None = None, device: str | None = None,
+                  part_id: int = 0, num_parts: int = 1, num_processes: int = 1, overwrite: bool = False) -> dict:
+    """Write the pseudo-HR dataset. Returns a summary (cases written / skipped, seconds per case, folder).
+
+    Args:
+        source_dataset: id or name of the thick-slice dataset under ``nnUNet_raw``.
+        target_id: id of the new dataset.
+        model_folder: SR model folder (default ``nnUNet_results/<source>/rehrseg_sr``).
+        device: torch device (auto when None).
+        part_id, num_parts: process only cases ``part_id::num_parts`` (several processes or machines).
+        num_processes: worker processes.
+        overwrite: redo complete cases.
+    """
+    if not 0 <= part_id < num_parts:
+        raise RehrsegInputError(f"-part_id {part_id} must lie in 0..{num_parts - 1} (-num_parts {num_parts}).")
+    source = load_raw_dataset(source_dataset)
+    model_folder = model_folder or default_sr_model_folder(source.name)
+    config = SRConfig.load(model_folder)
+    if not os.path.isfile(final_checkpoint(model_folder, "1c")):
+        raise RehrsegInputError(
+            f"{final_checkpoint(model_folder, '1c')} is missing: the SR model has not finished; run rehrseg_train_sr --continue."
+        )
+    check_model_matches_dataset(config, source, model_folder)
+    jobs = [CaseJob(case, "Tr") for case in source.training] + [CaseJob(case, "Ts") for case in source.test]
+    for job in jobs:
+        if job.split == "Tr" and not os.path.isfile(job.case.label_file):
+            raise RehrsegInputError(f"{job.case.label_file} is missing: case '{job.case.identifier}' has no label; add it.")
+        check_case_geometry(config, job, model_folder)
+    folder = target_folder_for(source, int(target_id))
+
+    os.makedirs(folder, exist_ok=True)
+    remove_stale_temporaries(folder)
+    write_dataset_json(folder, source, config, model_folder)
+    mine = jobs[part_id::num_parts]
+    todo = [job for job in mine
+            if overwrite or not is_complete(expected_files(folder, job, source.num_channels, source.file_ending))]
+    skipped = len(mine) - len(todo)
+    seconds = []
+    started = time.perf_counter()
+    bar = tqdm(total=len(todo), desc="pseudo-HR cases", unit="case", dynamic_ncols=True)
+    if num_processes <= 1:
+        _init_worker(model_folder, device, None)
+        for job in todo:
+            seconds.append(process_case(job, folder, source.file_ending, source.num_channels))
+            bar.update(1)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // num_processes)
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(num_processes, initializer=_init_worker, initargs=(model_folder, device, threads)) as pool:
+            results = [pool.apply_async(process_case, (job, folder, source.file_ending, source.num_channels))
+                       for job in todo]
+            for result in results:
+                seconds.append(result.get())
+                bar.update(1)
+    bar.close()
+    remove_stale_temporaries(folder)
+    wall = time.perf_counter() - started
+    summary = {"folder": folder, "written": len(todo), "skipped": skipped,
+               "seconds_per_case": wall / len(todo) if todo else 0.0}
+    print(f"rehrseg_make_pseudohr: {len(todo)} case(s) written, {skipped} skipped (complete), "
+          f"{summary['seconds_per_case']:.1f} s per case -> {folder}")
+    return summary
