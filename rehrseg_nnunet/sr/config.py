@@ -19,10 +19,10 @@ CONFIG_FILE = "config.json"
 #: stage 1a = 260 000 steps; FLAVR ResNet-18 widths; 20 000 UASR fine-tuning steps).
 PRESETS: dict[str, dict] = {
     "small": {
-        "plane_net": {"features": 16, "num_blocks": 4, "expansion": 4},
+        "plane_net": {"features": 24, "num_blocks": 4, "expansion": 3},
         "slice_net": {"widths": [16, 24, 32, 48], "blocks": [1, 1, 1, 1]},
         "num_attention_maps": 4,
-        "steps": {"1a": 1500, "1b": 500, "1c": 800},
+        "steps": {"1a": 2000, "1b": 500, "1c": 1500},
         "batch_size": {"1a": 16, "1b": 4, "1c": 4},
         "patch_size": {"1a": 64, "1b": 64, "1c": 64},
         "learning_rate": 5e-4,

@@ -44,9 +44,15 @@ def network_input(image: np.ndarray, labels: np.ndarray | None, num_classes: int
     return np.concatenate([image, onehot])
 
 
-@torch.no_grad()
 def plane_super_resolve(net: PlaneSRNet, volume: np.ndarray, device: torch.device, batch_size: int = 16
                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Stage 1a on a whole volume: (image (C, S*r, A, B), label probabilities (K, S*r, A, B))."""
+    estimate = plane_estimate(net, volume, device, batch_size)
+    return estimate[:net.image_channels], estimate[net.image_channels:]
+
+
+@torch.no_grad()
+def plane_estimate(net: PlaneSRNet, volume: np.ndarray, device: torch.device, batch_size: int = 16) -> np.ndarray:
     """Stage 1a on a whole volume: the planes containing the slice axis (S-B and S-A), averaged.
 
     Args:
@@ -54,7 +60,7 @@ def plane_super_resolve(net: PlaneSRNet, volume: np.ndarray, device: torch.devic
         volume: (C+K, S, A, B) network input.
 
     Returns:
-        (image (C, S*r, A, B), label probabilities (K, S*r, A, B)).
+        (C+K, S*r, A, B): image channels, then label probabilities.
     """
     net.eval()
     c = net.image_channels
@@ -71,7 +77,7 @@ def plane_super_resolve(net: PlaneSRNet, volume: np.ndarray, device: torch.devic
             index[plane_axis] = slice(start, start + out.shape[0])
             total[tuple(index)] += np.moveaxis(out, 0, plane_axis)
     total /= 2
-    return total[:c], total[c:]
+    return total
 
 
 @torch.no_grad()
@@ -85,7 +91,8 @@ def slice_super_resolve(net: SliceInterpolationNet, volume: np.ndarray, device: 
         prior: (C+K, S*r, A, B) stage 1a estimate (image, label probabilities), for ``refine_prior`` networks.
 
     Returns:
-        (image (C, S*r, A, B), label probabilities (K, S*r, A, B), uncertainty (S*r, A, B) or None).
+        (image (C, S*r, A, B), class indices (S*r, A, B) int16, uncertainty (S*r, A, B); without a UASR
+        head the uncertainty is 1 - the winning class probability).
     """
     net.eval()
     c, r = net.image_channels, net.scale_factor
@@ -93,8 +100,8 @@ def slice_super_resolve(net: SliceInterpolationNet, volume: np.ndarray, device: 
     pad_a, pad_b = (-a) % 8, (-b) % 8
     offset = (r + 1) // 2
     image = np.zeros((c, s * r, a, b), dtype=np.float32)
-    probabilities = np.zeros((channels - c, s * r, a, b), dtype=np.float32)
-    uncertainty = np.zeros((s * r, a, b), dtype=np.float32) if net.num_attention_maps else None
+    classes = np.zeros((s * r, a, b), dtype=np.int16)
+    uncertainty = np.zeros((s * r, a, b), dtype=np.float32)
     windows = list(range(-1, s))  # window k covers HR slices r*k + offset ... + r - 1
     for start in range(0, len(windows), batch_size):
         ks = windows[start:start + batch_size]
@@ -111,7 +118,10 @@ def slice_super_resolve(net: SliceInterpolationNet, volume: np.ndarray, device: 
         result = net(frames, window_prior)
         out = result["output"][..., :a, :b]
         out = torch.cat([out[:, :c], torch.softmax(out[:, c:], 1)], 1).cpu().numpy()
-        unc = result["uncertainty"][:, 0, :, :a, :b].cpu().numpy() if uncertainty is not None else None
+        if net.num_attention_maps:
+            unc = result["uncertainty"][:, 0, :, :a, :b].cpu().numpy()
+        else:
+            unc = 1.0 - out[:, c:].max(axis=1)
         for i, k in enumerate(ks):
             first = r * k + offset
             keep = [j for j in range(r) if 0 <= first + j < s * r]
@@ -119,10 +129,9 @@ def slice_super_resolve(net: SliceInterpolationNet, volume: np.ndarray, device: 
                 continue
             hr = slice(first + keep[0], first + keep[-1] + 1)
             image[:, hr] = out[i, :c, keep[0]:keep[-1] + 1]
-            probabilities[:, hr] = out[i, c:, keep[0]:keep[-1] + 1]
-            if uncertainty is not None:
-                uncertainty[hr] = unc[i, keep[0]:keep[-1] + 1]
-    return image, probabilities, uncertainty
+            classes[hr] = out[i, c:, keep[0]:keep[-1] + 1].argmax(axis=0)
+            uncertainty[hr] = unc[i, keep[0]:keep[-1] + 1]
+    return image, classes, uncertainty
 
 
 def _build(kind: str, kwargs: dict) -> torch.nn.Module:
@@ -195,23 +204,24 @@ class SuperResolver:
         """SR of slice-first arrays: image (C, S, A, B) in scanner units, labels (S, A, B) as class indices.
 
         Returns:
-            (image (C, S*r, A, B) in scanner units, class probabilities (K, S*r, A, B), uncertainty (S*r, A, B)).
+            (image (C, S*r, A, B) in scanner units, class indices (S*r, A, B), uncertainty in [0, 1] (S*r, A, B)).
         """
         mean, std = normalisation(image)
         volume = network_input((image - mean) / std, labels, self.config.num_classes)
         if isinstance(self.net, PlaneSRNet):
             hr, probabilities = plane_super_resolve(self.net, volume, self.device, 4 * self.batch_size)
-            uncertainty = None
+            classes = probabilities.argmax(axis=0).astype(np.int16)
+            uncertainty = 1.0 - probabilities.max(axis=0)  # no UASR head: 1 - winning probability
+            del probabilities
         else:
             prior = None
             if self.plane_net is not None:
-                prior = np.concatenate(plane_super_resolve(self.plane_net, volume, self.device, 4 * self.batch_size))
-            hr, probabilities, uncertainty = slice_super_resolve(self.net, volume, self.device, self.batch_size, prior)
-        if uncertainty is None:  # no UASR head: 1 - max class probability as a stand-in
-            uncertainty = 1.0 - probabilities.max(axis=0)
+                prior = plane_estimate(self.plane_net, volume, self.device, 4 * self.batch_size)
+            hr, classes, uncertainty = slice_super_resolve(self.net, volume, self.device, self.batch_size, prior)
+            del prior
         low, high = float(uncertainty.min()), float(uncertainty.max())
         uncertainty = (uncertainty - low) / (high - low) if high > low else np.zeros_like(uncertainty)
-        return hr * std + mean, probabilities, uncertainty.astype(np.float32)
+        return hr * std + mean, classes, uncertainty.astype(np.float32)
 
     def __call__(self, images: list[sitk.Image], label: sitk.Image | None = None, source: str = "the case") -> PseudoHR:
         """Super-resolve one case given as SimpleITK images (label optional: without it the label is inferred)."""
@@ -220,10 +230,10 @@ class SuperResolver:
         image, labels = case_arrays(images, label, cfg.slice_axis)
         if labels is not None:
             labels = label_indices(labels, cfg.label_values)
-        hr, probabilities, uncertainty = self.volume(image, labels)
+        hr, classes, uncertainty = self.volume(image, labels)
         hr_grid = Grid.from_image(images[0]).refine(cfg.slice_axis, cfg.scale_factor)
         values = np.asarray(cfg.label_values, dtype=np.uint8 if max(cfg.label_values) < 256 else np.int16)
-        label_map = values[probabilities.argmax(axis=0)]
+        label_map = values[classes]
         out_images = []
         for channel, lr_image in enumerate(images):
             out = hr_grid.image_from_array(from_slice_first(hr[channel], cfg.slice_axis))

@@ -24,7 +24,8 @@ from rehrseg_nnunet.geometry import Grid
 from rehrseg_nnunet.sr.config import (PRESETS, STAGES, SRConfig, atomic_save, final_checkpoint, latest_checkpoint,
                                       select_device, stage_dir)
 from rehrseg_nnunet.sr.flavr import load_flavr_weights, read_flavr_checkpoint
-from rehrseg_nnunet.sr.infer import label_indices, load_stage_network, network_input, normalisation, plane_super_resolve
+from rehrseg_nnunet.sr.infer import (label_indices, load_stage_network, network_input, normalisation,
+                                     plane_estimate, plane_super_resolve)
 from rehrseg_nnunet.sr.networks import PlaneSRNet, SliceInterpolationNet, head_parameter_prefixes
 from rehrseg_nnunet.sr.pairs import DegradedVolume, FramePairSampler, PlanePairSampler
 
@@ -226,8 +227,8 @@ def stage_1a_prior(net: PlaneSRNet, volume: DegradedVolume, axis: int, num_class
     image = volume.degraded_images[axis]
     onehot_input = network_input(image, volume.degraded_labels[axis], num_classes)
     order = (0, axis, 1, 5 - axis)  # degraded axis first, as stage 1a expects
-    hr, probabilities = plane_super_resolve(net, np.ascontiguousarray(onehot_input.transpose(order)), device)
-    return np.concatenate([hr, probabilities]).transpose(np.argsort(order)).astype(np.float16)
+    estimate = plane_estimate(net, np.ascontiguousarray(onehot_input.transpose(order)), device)
+    return estimate.transpose(np.argsort(order)).astype(np.float16)
 
 
 def attach_stage_1a_priors(model_folder: str, identifiers: list[str], volumes: list[DegradedVolume],
