@@ -62,7 +62,8 @@ def save_qc_png(path: str, panels: list[Panel], slice_axis: int, position: int |
     figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         plane = through_plane(panel.image, reference, slice_axis, position)
-        ax.imshow(plane, cmap=panel.cmap, aspect=aspect, interpolation="nearest")
+        low, high = np.percentile(plane, (0.5, 99.5))  # a few hot voxels must not wash out the view
+        ax.imshow(plane, cmap=panel.cmap, aspect=aspect, interpolation="nearest", vmin=low, vmax=max(high, low + 1e-6))
         if panel.label is not None:
             labels = through_plane(panel.label, reference, slice_axis, position)
             for value in np.unique(labels):
