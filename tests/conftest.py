@@ -1,3 +1,4 @@
+import hashlib
 import os
 import shutil
 import subprocess
@@ -6,6 +7,17 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+
+
+def tree_digest(folder) -> dict:
+    """SHA-256 of every file below ``folder``, by relative path."""
+    digest = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as handle:
+                digest[os.path.relpath(path, folder)] = hashlib.sha256(handle.read()).hexdigest()
+    return digest
 
 
 def console_script(name: str) -> str:

@@ -1,6 +1,5 @@
 """rehrseg_make_pseudohr through its console script."""
 
-import hashlib
 import json
 import os
 import shutil
@@ -12,18 +11,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import PHANTOM_DIRECTION, PHANTOM_ORIGIN, console_script, run_script
+from conftest import PHANTOM_DIRECTION, PHANTOM_ORIGIN, console_script, run_script, tree_digest
 from phantoms import write_thick_slice_dataset
-
-
-def tree_digest(folder) -> dict:
-    digest = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as handle:
-                digest[os.path.relpath(path, folder)] = hashlib.sha256(handle.read()).hexdigest()
-    return digest
 
 
 @pytest.fixture()

@@ -1,6 +1,5 @@
 """rehrseg_train_sr through its console script: training, resume after a kill, and bad input."""
 
-import hashlib
 import json
 import os
 import signal
@@ -11,18 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import console_script, run_script
+from conftest import console_script, run_script, tree_digest
 from phantoms import write_thick_slice_dataset
-
-
-def tree_digest(folder: str) -> dict:
-    digest = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as handle:
-                digest[os.path.relpath(path, folder)] = hashlib.sha256(handle.read()).hexdigest()
-    return digest
 
 
 def test_training_writes_config_checkpoints_and_log(trained_sr_model):
@@ -104,22 +93,15 @@ def _set_spacing(spacing):
     return change
 
 
-def test_isotropic_images_are_rejected(tmp_path):
+@pytest.mark.parametrize("spacing, expected", [((1.0, 1.0, 1.0), ["isotropic"]),
+                                               ((1.0, 4.0, 4.0), ["ambiguous", "--slice-axis"])])
+def test_isotropic_or_ambiguous_spacing_is_rejected(tmp_path, spacing, expected):
     def mutate(folder):
         for sub in ("imagesTr", "labelsTr"):
             for f in os.listdir(os.path.join(folder, sub)):
-                _rewrite(os.path.join(folder, sub, f), _set_spacing((1.0, 1.0, 1.0)))
+                _rewrite(os.path.join(folder, sub, f), _set_spacing(spacing))
     line = _bad(tmp_path, mutate)
-    assert "case000_0000.nii.gz" in line and "isotropic" in line
-
-
-def test_ambiguous_slice_axis_is_rejected(tmp_path):
-    def mutate(folder):
-        for sub in ("imagesTr", "labelsTr"):
-            for f in os.listdir(os.path.join(folder, sub)):
-                _rewrite(os.path.join(folder, sub, f), _set_spacing((1.0, 4.0, 4.0)))
-    line = _bad(tmp_path, mutate)
-    assert "ambiguous" in line and "--slice-axis" in line
+    assert "case000_0000.nii.gz" in line and all(word in line for word in expected)
 
 
 def test_case_without_label_is_rejected(tmp_path):
