@@ -25,7 +25,6 @@ from tqdm import tqdm
 from rehrseg_nnunet import __version__
 from rehrseg_nnunet.dataset_io import RawCase, RawDataset, load_raw_dataset, raw_root, read_case
 from rehrseg_nnunet.errors import RehrsegInputError
-from rehrseg_nnunet.geometry import Grid
 from rehrseg_nnunet.qc import Panel, save_qc_png
 from rehrseg_nnunet.sr.config import SRConfig, final_checkpoint
 from rehrseg_nnunet.sr.infer import SuperResolver

@@ -2,7 +2,6 @@ import math
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from rehrseg_nnunet.errors import RehrsegInputError
 from rehrseg_nnunet.geometry import Grid, detect_slice_axis, infer_scale_factor, parse_slice_axis

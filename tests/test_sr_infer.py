@@ -1,7 +1,6 @@
 """SR inference API: pseudo-HR outputs on the exact HR grid."""
 
 import math
-import os
 
 import numpy as np
 import pytest
