@@ -341,7 +341,7 @@ def train_sr(dataset: str, output: str | None = None, device: str | None = None,
             if stage == "1b" and flavr_state is not None:
                 log(load_flavr_weights(net, flavr_state).summary())
             if stage == "1c":
-                # start from stage 1b; the UASR output layers are new (METHOD.md 1c)
+                # start from stage 1b (METHOD.md 1c); each of the M reconstructions starts as 1b's output layer
                 previous = load_stage_network(model_folder, "1b", torch.device("cpu"))
                 skip = head_parameter_prefixes(0)
                 body = {k: v for k, v in previous.state_dict().items() if not k.startswith(skip)}
