@@ -88,7 +88,7 @@ def main() -> None:
         consistency[case] = {int(v): dice(lr == v, back == v) for v in np.unique(lr) if v}
         print(case, f"SR only {sr_seconds[-1]:.1f} s", "LR consistency", consistency[case], flush=True)
 
-    check = subprocess.run(["nnUNetv2_plan_and_preprocess", "-d", str(TARGET_ID), "--verify_dataset_integrity",
+    check = subprocess.run([os.path.join(os.path.dirname(sys.executable), "nnUNetv2_plan_and_preprocess"), "-d", str(TARGET_ID), "--verify_dataset_integrity",
                             "--no_pp", "-np", "1", "-npfp", "1"], capture_output=True, text=True)
     hr_volume_gb = float(np.prod(sitk.ReadImage(os.path.join(summary["folder"], "labelsTr", f"{cases[0]}.nii.gz")).GetSize())) * 4 / 1024 ** 3
     model_gb = sum(os.path.getsize(os.path.join(model, s, "checkpoint_final.pth")) for s in ("stage_1a", "stage_1c")) / 1024 ** 3

@@ -1,0 +1,112 @@
+"""REHRSegUNet: thick-slice pooling -> nnU-Net U-Net on the LR patch -> LR logits and an HR segmentation head.
+
+The network takes a patch on the HR grid whose first spatial axis is the slice axis (the REHRSeg plans
+transpose the data so), averages each group of r slices into one thick slice, runs a plain nnU-Net
+U-Net whose topology suits that LR patch, and adds the HR head of the paper: the last decoder feature
+map upsampled by r along the slice axis, conv 3x3x3 -> ReLU -> conv 5x5x5 -> HR logits of exactly the
+input patch's shape. In eval mode it returns the HR logits only, so nnU-Net's sliding window, mirroring
+and export work unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from dynamic_network_architectures.architectures.unet import PlainConvUNet
+from dynamic_network_architectures.initialization.weight_init import InitWeights_He
+from torch import nn
+
+
+def pool_thick_slices(x: torch.Tensor, scale_factor: int) -> torch.Tensor:
+    """(B, C, S*r, Y, X) -> (B, C, S, Y, X): each group of r slices averaged into one thick slice."""
+    b, c, s, y, x_size = x.shape
+    if s % scale_factor:
+        raise ValueError(f"The patch has {s} slices along the slice axis, not a multiple of r = {scale_factor}.")
+    return x.view(b, c, s // scale_factor, scale_factor, y, x_size).mean(3)
+
+
+class REHRSegUNet(PlainConvUNet):
+    """nnU-Net's PlainConvUNet on the thick-slice-pooled patch, plus the HR segmentation head.
+
+    Args:
+        input_channels, num_classes, n_stages, features_per_stage, conv_op, kernel_sizes, strides,
+        n_conv_per_stage, n_conv_per_stage_decoder, conv_bias, norm_op, norm_op_kwargs, dropout_op,
+        dropout_op_kwargs, nonlin, nonlin_kwargs, deep_supervision: as :class:`PlainConvUNet`, for the
+            LR patch (its topology comes from the LR spacing).
+        scale_factor: r, thin slices per thick slice along the first spatial axis.
+        hr_head_channels: width of the HR head's hidden layer (paper: 16).
+        distillation_channels: channel count of the SR teacher's features; 0 = no projection layer.
+        distillation_stage: encoder stage whose output is matched against the teacher (stride 2 in-plane).
+
+    In training mode ``forward`` returns a dict: ``lr`` (list of LR logits, full resolution first, when
+    deep supervision is on; else one tensor), ``hr`` (B, K, S*r, Y, X) and ``features`` (the encoder
+    output of ``distillation_stage``). In eval mode it returns the HR logits only.
+    """
+
+    def __init__(self, input_channels: int, n_stages: int, features_per_stage, conv_op, kernel_sizes, strides,
+                 n_conv_per_stage, num_classes: int, n_conv_per_stage_decoder, conv_bias: bool = False,
+                 norm_op=None, norm_op_kwargs: dict | None = None, dropout_op=None, dropout_op_kwargs: dict | None = None,
+                 nonlin=None, nonlin_kwargs: dict | None = None, deep_supervision: bool = False,
+                 nonlin_first: bool = False, scale_factor: int = 4, hr_head_channels: int = 16,
+                 distillation_channels: int = 0, distillation_stage: int = 1):
+        super().__init__(input_channels, n_stages, features_per_stage, conv_op, kernel_sizes, strides,
+                         n_conv_per_stage, num_classes, n_conv_per_stage_decoder, conv_bias, norm_op, norm_op_kwargs,
+                         dropout_op, dropout_op_kwargs, nonlin, nonlin_kwargs, deep_supervision, nonlin_first)
+        self.scale_factor = int(scale_factor)
+        self.distillation_stage = int(distillation_stage)
+        first_features = features_per_stage[0] if isinstance(features_per_stage, (list, tuple)) else features_per_stage
+        stage_features = (features_per_stage[distillation_stage] if isinstance(features_per_stage, (list, tuple))
+                          else features_per_stage)
+        layers = {"hr": nn.Sequential(
+            nn.Conv3d(first_features, hr_head_channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(hr_head_channels, num_classes, 5, padding=2),
+        )}
+        if distillation_channels:
+            layers["projection"] = nn.Conv3d(stage_features, distillation_channels, 1)
+        # Named "…seg_layers…" on purpose: nnU-Net's -pretrained_weights loader skips keys containing
+        # ".seg_layers.", and these layers have no counterpart in a stock nnU-Net checkpoint.
+        self.rehrseg = nn.ModuleDict({"seg_layers": nn.ModuleDict(layers)})
+        # REHRSegTrainer_noHRHead (ablation) sets this: HR logits = LR logits upsampled along the slice axis
+        self.hr_from_lr = False
+
+    @property
+    def hr_head(self) -> nn.Module:
+        return self.rehrseg["seg_layers"]["hr"]
+
+    @property
+    def projection(self) -> nn.Module | None:
+        layers = self.rehrseg["seg_layers"]
+        return layers["projection"] if "projection" in layers else None
+
+    def forward(self, x: torch.Tensor):
+        lr = pool_thick_slices(x, self.scale_factor)
+        skips = self.encoder(lr)
+        decoder = self.decoder
+        features = skips[-1]
+        lr_logits = []
+        for s, stage in enumerate(decoder.stages):
+            features = stage(torch.cat((decoder.transpconvs[s](features), skips[-(s + 2)]), 1))
+            if decoder.deep_supervision:
+                lr_logits.append(decoder.seg_layers[s](features))
+            elif s == len(decoder.stages) - 1:
+                lr_logits.append(decoder.seg_layers[-1](features))
+        if self.hr_from_lr:
+            hr_logits = F.interpolate(lr_logits[-1], size=x.shape[2:], mode="trilinear", align_corners=False)
+        else:
+            # the last decoder map, upsampled by r along the slice axis only, onto the input's HR grid
+            upsampled = F.interpolate(features, size=x.shape[2:], mode="trilinear", align_corners=False)
+            hr_logits = self.hr_head(upsampled)
+        if not self.training:
+            return hr_logits
+        lr_logits = lr_logits[::-1]
+        return {"lr": lr_logits if decoder.deep_supervision else lr_logits[0], "hr": hr_logits,
+                "features": skips[self.distillation_stage]}
+
+    def compute_conv_feature_map_size(self, input_size) -> int:
+        lr_size = [input_size[0] // self.scale_factor, *input_size[1:]]
+        return super().compute_conv_feature_map_size(lr_size)
+
+    @staticmethod
+    def initialize(module: nn.Module) -> None:
+        InitWeights_He(1e-2)(module)

@@ -1,0 +1,233 @@
+"""REHRSegPlans: the nnU-Net plans that train and predict with :class:`REHRSegUNet`.
+
+Starts from the stock ``nnUNetPlans.json`` of a pseudo-HR dataset and changes what REHRSeg needs:
+- the slice axis comes first in the preprocessed arrays (``transpose_forward``), so the network's
+  pooling, dummy-2D augmentation and rotation work on axis 0;
+- the 3d_fullres spacing is the HR spacing (slice spacing / r) and data are resampled "separate-z"
+  with nearest neighbour along the slice axis, so that a thick-slice test image becomes exact copies
+  of its slices on the HR grid (the network's pooling then recovers the acquired slices);
+- the LR U-Net topology comes from nnU-Net's own helper on the LR spacing and LR patch; the HR patch
+  along the slice axis is r times the LR one;
+- the uncertainty maps are cropped and resampled like the images and stored beside them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import pickle
+
+import numpy as np
+from tqdm import tqdm
+
+from rehrseg_nnunet.errors import RehrsegInputError
+
+PLANS_NAME = "REHRSegPlans"
+NETWORK_CLASS = "rehrseg_nnunet.network.REHRSegUNet"
+UNCERTAINTY_SUFFIX = "_uncertainty.npy"
+
+
+def rehrseg_metadata(dataset_json: dict, source: str) -> dict:
+    """The ``rehrseg`` block a pseudo-HR dataset carries; an error naming the fix when it is missing."""
+    metadata = dataset_json.get("rehrseg")
+    if not metadata:
+        raise RehrsegInputError(
+            f"{source} has no 'rehrseg' block: it is not a pseudo-HR dataset. Create one with rehrseg_make_pseudohr "
+            f"and train on that."
+        )
+    return metadata
+
+
+def lr_topology(hr_spacing: list[float], hr_patch: list[int], scale_factor: int) -> dict:
+    """U-Net topology for the LR patch (axis 0 = slice axis) from nnU-Net's own helper.
+
+    Returns:
+        dict with ``lr_spacing``, ``lr_patch_size``, ``hr_patch_size``, ``kernel_sizes`` and ``strides``.
+    """
+    from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+
+    lr_spacing = [hr_spacing[0] * scale_factor, *hr_spacing[1:]]
+    lr_patch = [max(1, int(hr_patch[0]) // scale_factor), *[int(p) for p in hr_patch[1:]]]
+    _, pool_kernels, conv_kernels, lr_patch, _ = get_pool_and_conv_props(lr_spacing, lr_patch, 4, 999999)
+    lr_patch = [int(p) for p in lr_patch]
+    return {
+        "lr_spacing": [float(s) for s in lr_spacing],
+        "lr_patch_size": lr_patch,
+        "hr_patch_size": [lr_patch[0] * scale_factor, *lr_patch[1:]],
+        "kernel_sizes": [[int(k) for k in kernel] for kernel in conv_kernels],
+        "strides": [[int(s) for s in stride] for stride in pool_kernels],
+    }
+
+
+def features_per_stage(n_stages: int, base: int = 32, maximum: int = 320) -> list[int]:
+    """nnU-Net's rule: base features doubled per stage, capped."""
+    return [min(base * 2 ** i, maximum) for i in range(n_stages)]
+
+
+def make_rehrseg_plans(plans: dict, dataset_json: dict, patch_size: list[int] | None = None, base_features: int = 32,
+                       max_features: int = 320, batch_size: int | None = None, teacher_channels: int = 0,
+                       source: str = "dataset.json") -> dict:
+    """REHRSegPlans from the stock plans of a pseudo-HR dataset (pure function: no files touched).
+
+    Args:
+        plans: contents of ``nnUNetPlans.json``.
+        dataset_json: the pseudo-HR dataset's ``dataset.json`` (its ``rehrseg`` block gives r and the slice axis).
+        patch_size: HR patch (slice axis first); default nnU-Net's 3d_fullres patch, adapted.
+        base_features, max_features: U-Net widths (nnU-Net: 32, 320).
+        batch_size: default nnU-Net's.
+        teacher_channels: channels of the SR teacher's stride-2 features (0 = no distillation projection).
+    """
+    metadata = rehrseg_metadata(dataset_json, source)
+    r = int(metadata["scale_factor"])
+    numpy_slice_axis = 2 - int(metadata["slice_axis"])
+    transpose_forward = [numpy_slice_axis] + [a for a in range(3) if a != numpy_slice_axis]
+    transpose_backward = [int(i) for i in np.argsort(transpose_forward)]
+    hr_spacing_numpy = list(reversed([float(s) for s in metadata["hr_spacing"]]))  # (x, y, z) -> (z, y, x)
+    spacing = [hr_spacing_numpy[a] for a in transpose_forward]
+
+    out = copy.deepcopy(plans)
+    out["plans_name"] = PLANS_NAME
+    stock = plans["configurations"]["3d_fullres"]
+    config = copy.deepcopy(stock)
+    if patch_size is None:
+        patch_size = [stock["patch_size"][transpose_forward.index(a)] for a in plans["transpose_forward"]] \
+            if plans["transpose_forward"] != transpose_forward else list(stock["patch_size"])
+    topology = lr_topology(spacing, list(patch_size), r)
+    same_data = plans["transpose_forward"] == transpose_forward and np.allclose(stock["spacing"], spacing)
+    config["data_identifier"] = stock["data_identifier"] if same_data else f"{PLANS_NAME}_3d_fullres"
+    config["spacing"] = spacing
+    config["patch_size"] = topology["hr_patch_size"]
+    if batch_size:
+        config["batch_size"] = int(batch_size)
+    separate_z = {"force_separate_z": True, "order_z": 0}
+    config["resampling_fn_data_kwargs"] = {**stock["resampling_fn_data_kwargs"], **separate_z}
+    config["resampling_fn_seg_kwargs"] = {**stock["resampling_fn_seg_kwargs"], **separate_z}
+    # back to a thick-slice grid, probabilities are interpolated linearly between HR slices
+    config["resampling_fn_probabilities_kwargs"] = {**stock["resampling_fn_probabilities_kwargs"],
+                                                     "force_separate_z": True, "order_z": 1}
+    n_stages = len(topology["strides"])
+    arch = copy.deepcopy(stock["architecture"]["arch_kwargs"])
+    arch.update({
+        "n_stages": n_stages,
+        "features_per_stage": features_per_stage(n_stages, base_features, max_features),
+        "kernel_sizes": topology["kernel_sizes"],
+        "strides": topology["strides"],
+        "n_conv_per_stage": [2] * n_stages,
+        "n_conv_per_stage_decoder": [2] * (n_stages - 1),
+        "scale_factor": r,
+        "hr_head_channels": 16,
+        "distillation_channels": int(teacher_channels),
+        "distillation_stage": 1 if n_stages > 1 else 0,
+    })
+    config["architecture"] = {"network_class_name": NETWORK_CLASS, "arch_kwargs": arch,
+                              "_kw_requires_import": stock["architecture"]["_kw_requires_import"]}
+    config["rehrseg"] = {"scale_factor": r, "slice_axis": int(metadata["slice_axis"]),
+                         "lr_spacing": topology["lr_spacing"], "lr_patch_size": topology["lr_patch_size"]}
+    out["transpose_forward"] = transpose_forward
+    out["transpose_backward"] = transpose_backward
+    out["original_median_spacing_after_transp"] = [
+        plans["original_median_spacing_after_transp"][plans["transpose_backward"][a]] for a in transpose_forward]
+    out["original_median_shape_after_transp"] = [
+        plans["original_median_shape_after_transp"][plans["transpose_backward"][a]] for a in transpose_forward]
+    out["configurations"] = {"3d_fullres": config}
+    return out
+
+
+def preprocess_uncertainty(raw_folder: str, preprocessed_folder: str, plans: dict, file_ending: str,
+                           overwrite: bool = False) -> int:
+    """Crop and resample each ``uncertaintyTr`` map exactly as nnU-Net did the case's image; save float16 .npy.
+
+    Returns:
+        The number of maps written.
+    """
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape
+
+    identifiers = sorted(f[:-4] for f in os.listdir(preprocessed_folder) if f.endswith(".pkl"))
+    written = 0
+    transpose = plans["transpose_forward"]
+    for identifier in tqdm(identifiers, desc="uncertainty maps", unit="case", dynamic_ncols=True):
+        target = os.path.join(preprocessed_folder, identifier + UNCERTAINTY_SUFFIX)
+        if os.path.isfile(target) and not overwrite:
+            continue
+        source = os.path.join(raw_folder, "uncertaintyTr", identifier + file_ending)
+        if not os.path.isfile(source):
+            raise RehrsegInputError(f"{source} is missing; re-run rehrseg_make_pseudohr for this dataset.")
+        with open(os.path.join(preprocessed_folder, identifier + ".pkl"), "rb") as handle:
+            properties = pickle.load(handle)
+        array, raw_properties = SimpleITKIO().read_images([source])
+        array = array.transpose([0, *[a + 1 for a in transpose]])
+        bbox = properties["bbox_used_for_cropping"]
+        array = array[(slice(None), *[slice(lo, hi) for lo, hi in bbox])]
+        data_shape = properties.get("shape_after_cropping_and_before_resampling")
+        if tuple(array.shape[1:]) != tuple(data_shape):
+            raise RehrsegInputError(f"{source} does not have the shape of its image; re-run rehrseg_make_pseudohr.")
+        target_spacing = plans["configurations"]["3d_fullres"]["spacing"]
+        original_spacing = [raw_properties["spacing"][a] for a in transpose]
+        new_shape = np.round(np.array(data_shape) * np.array(original_spacing) / np.array(target_spacing)).astype(int)
+        if tuple(new_shape) != tuple(array.shape[1:]):
+            array = resample_data_or_seg_to_shape(array, new_shape, original_spacing, target_spacing, is_seg=False,
+                                                  order=1, order_z=0, force_separate_z=None)
+        temp = target + f".{os.getpid()}.tmp.npy"
+        np.save(temp, np.clip(array, 0, 1).astype(np.float16))
+        os.replace(temp, target)
+        written += 1
+    return written
+
+
+def plan_dataset(dataset: str, source_plans: str = "nnUNetPlans", patch_size: list[int] | None = None,
+                 base_features: int = 32, max_features: int = 320, batch_size: int | None = None,
+                 num_processes: int = 4, overwrite: bool = False) -> str:
+    """Write ``REHRSegPlans.json`` for a preprocessed pseudo-HR dataset, preprocess data if the plans need other
+    data, and preprocess its uncertainty maps. Returns the plans file's path."""
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    if not nnUNet_preprocessed or not nnUNet_raw:
+        raise RehrsegInputError("nnUNet_raw and nnUNet_preprocessed must be set (see nnU-Net's set_environment_variables).")
+    try:
+        name = maybe_convert_to_dataset_name(dataset)
+    except RuntimeError:
+        raise RehrsegInputError(f"Dataset {dataset} was not found under nnUNet_raw or nnUNet_preprocessed.") from None
+    folder = os.path.join(nnUNet_preprocessed, name)
+    stock_path = os.path.join(folder, source_plans + ".json")
+    if not os.path.isfile(stock_path):
+        raise RehrsegInputError(f"{stock_path} is missing; run nnUNetv2_plan_and_preprocess -d {dataset} first.")
+    with open(stock_path) as handle:
+        plans = json.load(handle)
+    dataset_json_path = os.path.join(nnUNet_raw, name, "dataset.json")
+    with open(dataset_json_path) as handle:
+        dataset_json = json.load(handle)
+    metadata = rehrseg_metadata(dataset_json, dataset_json_path)
+    teacher_channels = teacher_feature_channels(metadata)
+    rehrseg_plans = make_rehrseg_plans(plans, dataset_json, patch_size, base_features, max_features, batch_size,
+                                       teacher_channels, dataset_json_path)
+    path = os.path.join(folder, PLANS_NAME + ".json")
+    with open(path + ".tmp", "w") as handle:
+        json.dump(rehrseg_plans, handle, indent=2)
+    os.replace(path + ".tmp", path)
+    config = rehrseg_plans["configurations"]["3d_fullres"]
+    data_folder = os.path.join(folder, config["data_identifier"])
+    if config["data_identifier"] != plans["configurations"]["3d_fullres"]["data_identifier"] or not os.path.isdir(data_folder):
+        from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess_dataset
+        preprocess_dataset(int(name[7:10]), PLANS_NAME, ("3d_fullres",), (num_processes,))
+    preprocess_uncertainty(os.path.join(nnUNet_raw, name), data_folder, rehrseg_plans, dataset_json["file_ending"],
+                           overwrite)
+    print(f"rehrseg_plan: wrote {path} (HR patch {config['patch_size']}, LR patch "
+          f"{config['rehrseg']['lr_patch_size']}, r = {config['rehrseg']['scale_factor']}); train with "
+          f"nnUNetv2_train {name[7:10]} 3d_fullres FOLD -tr REHRSegTrainer -p {PLANS_NAME}")
+    return path
+
+
+def teacher_feature_channels(metadata: dict) -> int:
+    """Channels of the SR teacher's stride-2 encoder features (0 when the SR model folder is gone)."""
+    from rehrseg_nnunet.sr.config import SRConfig
+
+    folder = metadata.get("sr_model_folder")
+    if not folder or not os.path.isdir(folder):
+        raise RehrsegInputError(
+            f"The SR model folder {folder} recorded in the dataset's rehrseg block is missing; restore it or re-run "
+            f"rehrseg_make_pseudohr with -m pointing to the model."
+        )
+    return int(SRConfig.load(folder).settings["slice_net"]["widths"][0])

@@ -1,0 +1,52 @@
+"""nnU-Net's data loader, plus the uncertainty map: cropped with the same box and sent through the same
+batchgeneratorsv2 spatial transforms as the label (as ``regression_target``, which the spatial,
+mirroring and pseudo-2D transforms move with the label and the intensity transforms leave alone)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
+from threadpoolctl import threadpool_limits
+
+from rehrseg_nnunet.errors import RehrsegInputError
+from rehrseg_nnunet.planning import UNCERTAINTY_SUFFIX
+
+
+def uncertainty_file(dataset, identifier: str) -> str:
+    path = os.path.join(dataset.source_folder, identifier + UNCERTAINTY_SUFFIX)
+    if not os.path.isfile(path):
+        raise RehrsegInputError(f"{path} is missing; run rehrseg_plan -d DATASET to preprocess the uncertainty maps.")
+    return path
+
+
+class UncertaintyDataLoader(nnUNetDataLoader):
+    """Batches with ``data``, ``target`` (the HR label patch), ``uncertainty`` (B, 1, …) and ``keys``."""
+
+    def generate_train_batch(self) -> dict:
+        selected_keys = self.get_indices()
+        data_all, seg_all, uncertainty_all = None, None, None
+        with torch.no_grad(), threadpool_limits(limits=1, user_api=None):
+            for j, identifier in enumerate(selected_keys):
+                data, seg, _, properties = self._data.load_case(identifier)
+                uncertainty = np.load(uncertainty_file(self._data, identifier), mmap_mode="r")
+                lbs, ubs = self.get_bbox(data.shape[1:], self.get_do_oversample(j), properties["class_locations"])
+                bbox = [[lo, hi] for lo, hi in zip(lbs, ubs)]
+                sample = {
+                    "image": torch.from_numpy(crop_and_pad_nd(data, bbox, 0)).float(),
+                    "segmentation": torch.from_numpy(crop_and_pad_nd(seg, bbox, -1, cast_cropped_to=np.int16)).to(torch.int16),
+                    "regression_target": torch.from_numpy(crop_and_pad_nd(uncertainty, bbox, 0).astype(np.float32)),
+                }
+                if self.transforms is not None:
+                    sample = self.transforms(**sample)
+                if data_all is None:
+                    data_all = torch.empty((self.batch_size, *sample["image"].shape), dtype=torch.float32)
+                    seg_all = torch.empty((self.batch_size, *sample["segmentation"].shape), dtype=sample["segmentation"].dtype)
+                    uncertainty_all = torch.empty((self.batch_size, *sample["regression_target"].shape), dtype=torch.float32)
+                data_all[j] = sample["image"]
+                seg_all[j] = sample["segmentation"]
+                uncertainty_all[j] = sample["regression_target"]
+        return {"data": data_all, "target": seg_all, "uncertainty": uncertainty_all.clamp_(0, 1), "keys": selected_keys}

@@ -1,0 +1,265 @@
+"""REHRSegTrainer: nnUNetTrainer on a pseudo-HR dataset with LR + HR losses and SR distillation.
+
+Reach it with ``nnUNetv2_train D 3d_fullres F -tr REHRSegTrainer -p REHRSegPlans`` once
+``nnUNet_extTrainer`` points at :data:`rehrseg_nnunet.training.EXT_TRAINER_FOLDER`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss, get_tp_fp_fn_tn
+from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as trainer_module
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast, nn
+
+from rehrseg_nnunet.degradation import labels_to_lr
+from rehrseg_nnunet.losses import (UncertaintyWeightedCE, cosine_distillation, match_grid,
+                                   structural_distillation)
+from rehrseg_nnunet.network import REHRSegUNet, pool_thick_slices
+from rehrseg_nnunet.planning import NETWORK_CLASS, PLANS_NAME
+from rehrseg_nnunet.training.dataloader import UncertaintyDataLoader
+from rehrseg_nnunet.training.teacher import DistillationTeacher
+
+__all__ = ["REHRSegTrainer", "REHRSegTrainer_noUASR", "REHRSegTrainer_noDistill", "REHRSegTrainer_noHRHead",
+           "REHRSegTrainer_debug", "REHRSegTrainer_noUASR_debug", "REHRSegTrainer_noDistill_debug",
+           "REHRSegTrainer_noHRHead_debug", "REHRSegTrainer_cpu", "REHRSegTrainer_noUASR_cpu",
+           "REHRSegTrainer_noDistill_cpu"]
+
+FINE_TUNING_LR = 1e-3  # METHOD.md: a tenth of nnU-Net's default when starting from the LR nnU-Net
+
+
+def fail(message: str) -> None:
+    """Bad input under nnU-Net's own CLI: one line on stderr, exit status 2, no traceback."""
+    print(f"REHRSegTrainer: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def pretrained_weights_from_argv(argv: list[str]) -> str | None:
+    """nnUNetv2_train does not hand -pretrained_weights to the trainer; read it from the command line."""
+    return argv[argv.index("-pretrained_weights") + 1] if "-pretrained_weights" in argv[:-1] else None
+
+
+def load_matching_tensors(network: nn.Module, checkpoint_file: str) -> tuple[int, int]:
+    """Copy every tensor of a stock nnU-Net checkpoint whose name and shape match the inner U-Net.
+
+    Returns:
+        (tensors loaded, tensors of the inner U-Net).
+    """
+    weights = torch.load(checkpoint_file, map_location="cpu", weights_only=False)["network_weights"]
+    own = network.state_dict()
+    inner = [k for k in own if k.startswith(("encoder.", "decoder."))]
+    matching = {k: weights[k] for k in inner if k in weights and weights[k].shape == own[k].shape}
+    network.load_state_dict(matching, strict=False)
+    return len(matching), len(inner)
+
+
+class REHRSegTrainer(nnUNetTrainer):
+    """The full method: UASR-weighted LR CE, HR CE + Dice, structural + cosine distillation."""
+
+    use_uncertainty = True
+    use_distillation = True
+    use_hr_head = True
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.rehrseg = dataset_json.get("rehrseg")
+        if not self.rehrseg:
+            fail(f"dataset {self.plans_manager.dataset_name} has no 'rehrseg' block in its dataset.json: it is not a "
+                 f"pseudo-HR dataset; create one with rehrseg_make_pseudohr and train on that.")
+        if self.configuration_manager.network_arch_class_name != NETWORK_CLASS:
+            fail(f"plans '{self.plans_manager.plans_name}' do not build the REHRSeg network; run rehrseg_plan -d "
+                 f"{self.plans_manager.dataset_name} and train with -p {PLANS_NAME}.")
+        if self.label_manager.has_regions or self.label_manager.has_ignore_label:
+            fail("region-based training and ignore labels are not supported by REHRSegTrainer.")
+        self.scale_factor = int(self.rehrseg["scale_factor"])
+        self.sr_model_folder = self.rehrseg.get("sr_model_folder")
+        if self.use_distillation and not (self.sr_model_folder and os.path.isdir(self.sr_model_folder)):
+            fail(f"the SR model folder {self.sr_model_folder} recorded in the dataset's rehrseg block is missing; "
+                 f"restore it (distillation needs it) or train REHRSegTrainer_noDistill.")
+        self.pretrained_weights = pretrained_weights_from_argv(sys.argv)
+        if self.pretrained_weights:
+            self.initial_lr = FINE_TUNING_LR
+        self.teacher: DistillationTeacher | None = None
+
+    def initialize(self) -> None:
+        super().initialize()
+        if self.use_distillation:
+            self.teacher = DistillationTeacher(self.sr_model_folder, self.device)
+
+    def _unwrapped(self) -> REHRSegUNet:
+        network = self.network.module if self.is_ddp else self.network
+        return getattr(network, "_orig_mod", network)
+
+    # --- data -----------------------------------------------------------------------------------------
+    def _lr_deep_supervision_scales(self) -> list | None:
+        return super()._get_deep_supervision_scales()
+
+    def _get_deep_supervision_scales(self):
+        return None  # the loader delivers the HR label; LR targets are derived in train_step
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        # METHOD.md: rotate about the slice axis only ("dummy 2D"), no mirroring
+        rotation, _, initial_patch_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        rotation = (-np.pi, np.pi)
+        from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
+        patch_size = self.configuration_manager.patch_size
+        initial_patch_size = get_patch_size(patch_size[1:], rotation, (0, 0), (0, 0), (0.85, 1.25))
+        initial_patch_size = [patch_size[0], *initial_patch_size]
+        self.inference_allowed_mirroring_axes = None
+        return rotation, True, initial_patch_size, None
+
+    def get_dataloaders(self):
+        # nnU-Net builds its loaders by module-level name; swap ours in for the duration of the call
+        original = trainer_module.nnUNetDataLoader
+        trainer_module.nnUNetDataLoader = UncertaintyDataLoader
+        try:
+            return super().get_dataloaders()
+        finally:
+            trainer_module.nnUNetDataLoader = original
+
+    def lr_targets(self, hr_target: torch.Tensor, uncertainty: torch.Tensor) -> tuple[list, list]:
+        """LR labels (majority of each group of r, centre breaks ties) and pooled uncertainty, at every
+        deep-supervision scale of the LR U-Net (nearest-exact downsampling, as nnU-Net's DS transform)."""
+        lr_label = torch.from_numpy(labels_to_lr(hr_target.numpy(), 2, self.scale_factor))
+        lr_uncertainty = pool_thick_slices(uncertainty, self.scale_factor)
+        labels, uncertainties = [lr_label], [lr_uncertainty]
+        for scale in (self._lr_deep_supervision_scales() or [])[1:]:
+            size = [int(round(s * f)) for s, f in zip(lr_label.shape[2:], scale)]
+            labels.append(F.interpolate(lr_label.float(), size=size, mode="nearest-exact").to(lr_label.dtype))
+            uncertainties.append(F.interpolate(lr_uncertainty, size=size, mode="area"))
+        return labels, uncertainties
+
+    # --- losses ---------------------------------------------------------------------------------------
+    def _build_loss(self):
+        dc_ce = {"batch_dice": self.configuration_manager.batch_dice, "smooth": 1e-5, "do_bg": False, "ddp": self.is_ddp}
+        self.hr_loss = DC_and_CE_loss(dc_ce, {}, weight_ce=1, weight_dice=1, dice_class=MemoryEfficientSoftDiceLoss)
+        lr_loss = UncertaintyWeightedCE() if self.use_uncertainty else \
+            DC_and_CE_loss(dc_ce, {}, weight_ce=1, weight_dice=1, dice_class=MemoryEfficientSoftDiceLoss)
+        scales = self._lr_deep_supervision_scales()
+        if self.enable_deep_supervision and scales:
+            weights = np.array([1 / (2 ** i) for i in range(len(scales))])
+            weights[-1] = 1e-6 if self.is_ddp and not self._do_i_compile() else 0
+            lr_loss = DeepSupervisionWrapper(lr_loss, weights / weights.sum())
+        return lr_loss
+
+    def compute_losses(self, output: dict, hr_target: torch.Tensor, lr_labels: list, lr_uncertainty: list,
+                       teacher_features: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        lr_logits = output["lr"]
+        if not isinstance(lr_logits, (list, tuple)):
+            lr_logits, lr_labels, lr_uncertainty = [lr_logits], lr_labels[:1], lr_uncertainty[:1]
+        unwrap = isinstance(self.loss, DeepSupervisionWrapper)
+        args = (lr_logits, lr_labels) + ((lr_uncertainty,) if self.use_uncertainty else ())
+        losses = {"lr": self.loss(*args) if unwrap else self.loss(*[a[0] for a in args])}
+        if self.use_hr_head:
+            losses["hr"] = self.hr_loss(output["hr"], hr_target)
+        if teacher_features is not None:
+            student = output["features"]
+            teacher = match_grid(teacher_features.to(student.dtype), student)
+            losses["structural"] = structural_distillation(student, teacher)
+            losses["cosine"] = cosine_distillation(self._unwrapped().projection(student), teacher)
+        return losses
+
+    def train_step(self, batch: dict) -> dict:
+        hr_target_cpu = batch["target"]
+        lr_labels, lr_uncertainty = self.lr_targets(hr_target_cpu, batch["uncertainty"])
+        data = batch["data"].to(self.device, non_blocking=True)
+        hr_target = hr_target_cpu.to(self.device, non_blocking=True)
+        lr_labels = [t.to(self.device, non_blocking=True) for t in lr_labels]
+        lr_uncertainty = [u.to(self.device, non_blocking=True) for u in lr_uncertainty]
+        teacher_features = None
+        if self.teacher is not None:
+            teacher_features = self.teacher(pool_thick_slices(data, self.scale_factor), lr_labels[0])
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            output = self.network(data)
+            losses = self.compute_losses(output, hr_target, lr_labels, lr_uncertainty, teacher_features)
+            loss = sum(losses.values())
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+        return {"loss": loss.detach().cpu().numpy()}
+
+    def validation_step(self, batch: dict) -> dict:
+        """In eval mode the network gives HR logits: HR loss and pseudo Dice against the pseudo-HR label."""
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"].to(self.device, non_blocking=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            output = self.network(data)
+            loss = self.hr_loss(output, target)
+        prediction = torch.zeros(output.shape, device=output.device, dtype=torch.float16)
+        prediction.scatter_(1, output.argmax(1)[:, None], 1)
+        tp, fp, fn, _ = get_tp_fp_fn_tn(prediction, target, axes=[0] + list(range(2, output.ndim)))
+        return {"loss": loss.detach().cpu().numpy(), "tp_hard": tp.detach().cpu().numpy()[1:],
+                "fp_hard": fp.detach().cpu().numpy()[1:], "fn_hard": fn.detach().cpu().numpy()[1:]}
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if self.pretrained_weights:
+            loaded, total = load_matching_tensors(self._unwrapped(), self.pretrained_weights)
+            self.print_to_log_file(f"-pretrained_weights: loaded {loaded} of {total} inner U-Net tensors from "
+                                   f"{self.pretrained_weights}; HR head and projection start fresh; lr {self.initial_lr}")
+
+
+class REHRSegTrainer_noUASR(REHRSegTrainer):
+    """Ablation: unweighted LR loss (CE + Dice)."""
+
+    use_uncertainty = False
+
+
+class REHRSegTrainer_noDistill(REHRSegTrainer):
+    """Ablation: no structural / cosine distillation (no SR teacher needed)."""
+
+    use_distillation = False
+
+
+class REHRSegTrainer_noHRHead(REHRSegTrainer):
+    """Ablation: LR losses only; HR logits at inference are the LR logits upsampled along the slice axis."""
+
+    use_hr_head = False
+
+    @staticmethod
+    def build_network_architecture(architecture_class_name, arch_init_kwargs, arch_init_kwargs_req_import,
+                                   num_input_channels, num_output_channels, enable_deep_supervision=True):
+        network = nnUNetTrainer.build_network_architecture(architecture_class_name, arch_init_kwargs,
+                                                            arch_init_kwargs_req_import, num_input_channels,
+                                                            num_output_channels, enable_deep_supervision)
+        network.hr_from_lr = True
+        return network
+
+
+def _short(base: type, epochs: int, iterations: int, name: str) -> type:
+    """A short-schedule variant (tests, CPU runs): ``epochs`` x ``iterations``, 2 validation iterations."""
+
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+        base.__init__(self, plans, configuration, fold, dataset_json, device)
+        self.num_epochs = epochs
+        self.num_iterations_per_epoch = iterations
+        self.num_val_iterations_per_epoch = 2
+
+    return type(name, (base,), {"__init__": __init__, "__module__": __name__,
+                                "__doc__": f"{base.__name__} for {epochs} epochs of {iterations} iterations."})
+
+
+REHRSegTrainer_debug = _short(REHRSegTrainer, 2, 3, "REHRSegTrainer_debug")
+REHRSegTrainer_noUASR_debug = _short(REHRSegTrainer_noUASR, 2, 3, "REHRSegTrainer_noUASR_debug")
+REHRSegTrainer_noDistill_debug = _short(REHRSegTrainer_noDistill, 2, 3, "REHRSegTrainer_noDistill_debug")
+REHRSegTrainer_noHRHead_debug = _short(REHRSegTrainer_noHRHead, 2, 3, "REHRSegTrainer_noHRHead_debug")
+REHRSegTrainer_cpu = _short(REHRSegTrainer, 20, 25, "REHRSegTrainer_cpu")
+REHRSegTrainer_noUASR_cpu = _short(REHRSegTrainer_noUASR, 20, 25, "REHRSegTrainer_noUASR_cpu")
+REHRSegTrainer_noDistill_cpu = _short(REHRSegTrainer_noDistill, 20, 25, "REHRSegTrainer_noDistill_cpu")
