@@ -22,7 +22,11 @@ def pool_thick_slices(x: torch.Tensor, scale_factor: int) -> torch.Tensor:
     b, c, s, y, x_size = x.shape
     if s % scale_factor:
         raise ValueError(f"The patch has {s} slices along the slice axis, not a multiple of r = {scale_factor}.")
-    return x.view(b, c, s // scale_factor, scale_factor, y, x_size).mean(3)
+    groups = x.view(b, c, s // scale_factor, scale_factor, y, x_size)
+    # first + mean(offsets) equals the mean, and is bit-exact for r identical copies (a plain float mean of
+    # three equal values need not be), so nearest-replicated thick slices come back exactly
+    first = groups[:, :, :, :1]
+    return (first + (groups - first).mean(3, keepdim=True)).squeeze(3)
 
 
 class REHRSegUNet(PlainConvUNet):

@@ -1,0 +1,97 @@
+"""REHRSegUNet, the UASR-weighted loss, structural distillation and -pretrained_weights loading."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from dynamic_network_architectures.architectures.unet import PlainConvUNet
+from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+
+from rehrseg_nnunet.losses import cosine_distillation, structural_distillation, uncertainty_weighted_ce
+from rehrseg_nnunet.network import REHRSegUNet, pool_thick_slices
+from rehrseg_nnunet.training.trainer import load_matching_tensors
+
+UNET_KWARGS = dict(
+    input_channels=1, n_stages=3, features_per_stage=[4, 8, 16], conv_op=torch.nn.Conv3d,
+    kernel_sizes=[[1, 3, 3], [3, 3, 3], [3, 3, 3]], strides=[[1, 1, 1], [1, 2, 2], [2, 2, 2]],
+    n_conv_per_stage=[1, 1, 1], num_classes=3, n_conv_per_stage_decoder=[1, 1], conv_bias=True,
+    norm_op=torch.nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
+    nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True},
+)
+
+
+def build(r: int, deep_supervision: bool = True, distillation_channels: int = 6) -> REHRSegUNet:
+    torch.manual_seed(0)
+    return REHRSegUNet(**UNET_KWARGS, deep_supervision=deep_supervision, scale_factor=r,
+                       distillation_channels=distillation_channels)
+
+
+@pytest.mark.parametrize("r", [2, 3, 4])
+def test_hr_logits_have_the_input_patch_shape(r):
+    net = build(r)
+    x = torch.randn(2, 1, 4 * r, 16, 16)
+    out = net(x)
+    assert out["hr"].shape == (2, 3, 4 * r, 16, 16)
+    assert [tuple(o.shape) for o in out["lr"]] == [(2, 3, 4, 16, 16), (2, 3, 4, 8, 8)]
+    assert out["features"].shape == (2, 8, 4, 8, 8)
+    net.eval()
+    with torch.no_grad():
+        assert net(x).shape == (2, 3, 4 * r, 16, 16)  # eval: HR logits only, for nnU-Net's predictor
+
+
+def test_pooling_recovers_acquired_slices_from_nearest_copies():
+    rng = np.random.default_rng(1)
+    acquired = torch.from_numpy(rng.normal(size=(1, 2, 5, 6, 7)).astype(np.float32))
+    for r in (2, 3, 4):
+        replicated = acquired.repeat_interleave(r, dim=2)  # what separate-z nearest resampling makes of LR data
+        assert torch.equal(pool_thick_slices(replicated, r), acquired)
+    with pytest.raises(ValueError, match="multiple of r"):
+        pool_thick_slices(torch.zeros(1, 1, 7, 4, 4), 2)
+
+
+def test_uncertainty_weight_changes_the_lr_loss_as_specified():
+    # two voxels, two classes: logits (0, 0) -> CE = ln 2; logits (2, 0) with target 0 -> CE = ln(1 + e^-2)
+    logits = torch.tensor([[0.0, 2.0], [0.0, 0.0]]).view(1, 2, 1, 1, 2)
+    target = torch.tensor([0, 0]).view(1, 1, 1, 1, 2)
+    uncertainty = torch.tensor([1.0, 0.25]).view(1, 1, 1, 1, 2)
+    ce = [math.log(2.0), math.log(1.0 + math.exp(-2.0))]
+    expected = ((1 - 0.99 * 1.0) * ce[0] + (1 - 0.99 * 0.25) * ce[1]) / 2
+    assert uncertainty_weighted_ce(logits, target, uncertainty).item() == pytest.approx(expected, rel=1e-6)
+    zero = uncertainty_weighted_ce(logits, target, torch.zeros_like(uncertainty)).item()
+    assert zero == pytest.approx(sum(ce) / 2, rel=1e-6)
+
+
+def test_structural_distillation_zero_for_identical_features_and_gradients_reach_only_the_student():
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 6, 3, 8, 8, requires_grad=True)
+    assert structural_distillation(teacher.detach().clone(), teacher).item() == pytest.approx(0.0, abs=1e-7)
+    student = torch.randn(2, 5, 3, 8, 8, requires_grad=True)  # channel counts may differ
+    loss = structural_distillation(student, teacher)
+    assert loss.item() > 0
+    loss.backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0
+    assert teacher.grad is None
+    projected = torch.randn(2, 6, 3, 8, 8, requires_grad=True)
+    cosine = cosine_distillation(projected, teacher)
+    assert cosine.item() > 0
+    assert cosine_distillation(teacher.detach() * 3.0, teacher).item() == pytest.approx(0.0, abs=1e-6)
+    cosine.backward()
+    assert projected.grad.abs().sum() > 0 and teacher.grad is None
+
+
+def test_pretrained_weights_load_every_inner_unet_tensor(tmp_path):
+    torch.manual_seed(3)
+    stock = PlainConvUNet(**UNET_KWARGS, deep_supervision=True)
+    checkpoint = tmp_path / "checkpoint_final.pth"
+    torch.save({"network_weights": stock.state_dict()}, checkpoint)
+    net = build(4)
+    fresh_head = {k: v.clone() for k, v in net.state_dict().items() if k.startswith("rehrseg.")}
+    load_pretrained_weights(net, str(checkpoint))  # what nnUNetv2_train -pretrained_weights does
+    loaded, total = load_matching_tensors(net, str(checkpoint))  # + the LR seg layers, counted
+    assert loaded == total == len(stock.state_dict())
+    state = net.state_dict()
+    for key, value in stock.state_dict().items():
+        assert torch.equal(state[key], value), key
+    for key, value in fresh_head.items():
+        assert torch.equal(state[key], value), f"{key} should start fresh"

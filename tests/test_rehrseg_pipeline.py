@@ -1,0 +1,151 @@
+"""End to end through the real console scripts: pseudo-HR dataset -> plan -> REHRSegTrainer -> predictions.
+
+nnUNetv2_plan_and_preprocess -> rehrseg_plan -> nnUNetv2_train -tr REHRSegTrainer_debug -> nnUNetv2_predict
+(LR grid) -> rehrseg_predict (HR grid), on the session's two-channel, three-label phantom whose direction
+is rotated 20 degrees about y.
+"""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import PHANTOM_DIRECTION, PHANTOM_ORIGIN, run_script
+from rehrseg_nnunet.training import EXT_TRAINER_FOLDER
+
+pytestmark = pytest.mark.slow
+
+TRAINER = "REHRSegTrainer_debug"
+PREDICT_FLAGS = ["-d", "612", "-tr", TRAINER, "-p", "REHRSegPlans", "-c", "3d_fullres", "-f", "all", "-device", "cpu",
+                 "--disable_tta", "-npp", "1", "-nps", "1"]
+
+
+def assert_ok(result):
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    for fragment in fragments:
+        assert fragment in last, last
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, trained_sr_model):
+    root = tmp_path_factory.mktemp("pipeline")
+    raw = root / "raw"
+    shutil.copytree(os.path.join(trained_sr_model["raw"], "Dataset502_Phantom"), raw / "Dataset502_Phantom")
+    env = {"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(root / "preprocessed"),
+           "nnUNet_results": str(root / "results"), "nnUNet_def_n_proc": "1", "nnUNet_compile": "0"}
+    assert_ok(run_script("rehrseg_make_pseudohr", ["-d", "502", "-o", "612", "-m", trained_sr_model["model"],
+                                                   "-device", "cpu"], env))
+    assert_ok(run_script("nnUNetv2_plan_and_preprocess", ["-d", "612", "-c", "3d_fullres", "-np", "1", "-npfp", "1",
+                                                          "--verify_dataset_integrity"], env))
+    plan = run_script("rehrseg_plan", ["-d", "612", "--patch_size", "16", "32", "32", "--base_features", "8",
+                                       "--max_features", "32", "-np", "1"], env)
+    assert_ok(plan)
+    train_env = {**env, "nnUNet_n_proc_DA": "0", "nnUNet_extTrainer": EXT_TRAINER_FOLDER}
+    train = run_script("nnUNetv2_train", ["612", "3d_fullres", "all", "-tr", TRAINER, "-p", "REHRSegPlans",
+                                          "-device", "cpu"], train_env)
+    assert_ok(train)
+    lr_inputs = raw / "Dataset502_Phantom" / "imagesTr"
+    stock = run_script("nnUNetv2_predict", ["-i", str(lr_inputs), "-o", str(root / "pred_lr"), *PREDICT_FLAGS],
+                       {**env, "nnUNet_extTrainer": EXT_TRAINER_FOLDER})
+    assert_ok(stock)
+    hr = run_script("rehrseg_predict", ["-i", str(lr_inputs), "-o", str(root / "pred_hr"), *PREDICT_FLAGS], env)
+    assert_ok(hr)
+    return {"root": root, "raw": raw, "env": env, "train_env": train_env, "plan": plan, "train": train,
+            "model": root / "results" / "Dataset612_PhantomPseudoHR" / f"{TRAINER}__REHRSegPlans__3d_fullres"}
+
+
+def test_plans_describe_the_lr_topology_and_hr_patch(pipeline):
+    plans = json.loads((pipeline["root"] / "preprocessed" / "Dataset612_PhantomPseudoHR" / "REHRSegPlans.json").read_text())
+    config = plans["configurations"]["3d_fullres"]
+    assert config["architecture"]["network_class_name"] == "rehrseg_nnunet.network.REHRSegUNet"
+    assert config["patch_size"] == [16, 32, 32] and config["rehrseg"]["lr_patch_size"] == [4, 32, 32]
+    strides = np.asarray(config["architecture"]["arch_kwargs"]["strides"])
+    assert config["patch_size"][0] % (4 * np.prod(strides[:, 0])) == 0
+    assert config["resampling_fn_data_kwargs"]["force_separate_z"] is True
+    assert config["resampling_fn_data_kwargs"]["order_z"] == 0
+    assert plans["transpose_forward"][0] == 0  # slice axis z (numpy axis 0) first
+    uncertainty = np.load(pipeline["root"] / "preprocessed" / "Dataset612_PhantomPseudoHR" / config["data_identifier"]
+                          / "case000_uncertainty.npy")
+    assert uncertainty.dtype == np.float16 and 0 <= uncertainty.min() and uncertainty.max() <= 1
+    assert "train with nnUNetv2_train 612" in pipeline["plan"].stdout
+
+
+def test_training_ran_with_distillation_and_wrote_a_checkpoint(pipeline):
+    assert (pipeline["model"] / "fold_all" / "checkpoint_final.pth").is_file()
+    assert "Mean Validation Dice" in pipeline["train"].stdout
+
+
+def test_stock_predict_writes_on_the_lr_input_grid(pipeline):
+    for case in ("case000", "case001"):
+        lr = sitk.ReadImage(str(pipeline["raw"] / "Dataset502_Phantom" / "imagesTr" / f"{case}_0000.nii.gz"))
+        seg = sitk.ReadImage(str(pipeline["root"] / "pred_lr" / f"{case}.nii.gz"))
+        assert seg.GetSize() == lr.GetSize()
+        assert np.allclose(seg.GetSpacing(), lr.GetSpacing()) and np.allclose(seg.GetOrigin(), lr.GetOrigin())
+        assert np.allclose(seg.GetDirection(), lr.GetDirection())
+        assert set(np.unique(sitk.GetArrayViewFromImage(seg))) <= {0, 1, 2}
+
+
+def test_rehrseg_predict_writes_on_the_hr_grid_with_exact_geometry(pipeline):
+    r = 4
+    for case in ("case000", "case001"):
+        lr = sitk.ReadImage(str(pipeline["raw"] / "Dataset502_Phantom" / "imagesTr" / f"{case}_0000.nii.gz"))
+        seg = sitk.ReadImage(str(pipeline["root"] / "pred_hr" / f"{case}.nii.gz"))
+        nx, ny, nz = lr.GetSize()
+        s = lr.GetSpacing()[2]
+        assert seg.GetSize() == (nx, ny, nz * r)
+        assert np.allclose(seg.GetSpacing(), (lr.GetSpacing()[0], lr.GetSpacing()[1], s / r))
+        # by hand: origin moves by -d_z * s * (r - 1) / (2 r), d_z = third direction column
+        d_z = np.array([PHANTOM_DIRECTION[2], PHANTOM_DIRECTION[5], PHANTOM_DIRECTION[8]])
+        assert np.allclose(seg.GetOrigin(), np.array(lr.GetOrigin()) - d_z * s * 3 / 8, atol=1e-4)
+        assert np.allclose(seg.GetDirection(), PHANTOM_DIRECTION, atol=1e-6)
+        # the phantom's LR origin itself is PHANTOM_ORIGIN shifted by +d_z * 1.5 mm (simulation convention)
+        assert np.allclose(np.array(lr.GetOrigin()), np.array(PHANTOM_ORIGIN) + d_z * 1.5, atol=1e-4)
+        assert set(np.unique(sitk.GetArrayViewFromImage(seg))) <= {0, 1, 2}
+
+
+def _copy_preprocessed(pipeline, new_id: int, edit) -> None:
+    base = pipeline["root"] / "preprocessed"
+    target = base / f"Dataset{new_id}_PhantomPseudoHR"
+    shutil.copytree(base / "Dataset612_PhantomPseudoHR", target, dirs_exist_ok=True)
+    dataset_json = json.loads((target / "dataset.json").read_text())
+    edit(dataset_json)
+    (target / "dataset.json").write_text(json.dumps(dataset_json))
+    plans = json.loads((target / "REHRSegPlans.json").read_text())
+    plans["dataset_name"] = target.name
+    (target / "REHRSegPlans.json").write_text(json.dumps(plans))
+
+
+def test_bad_input_gives_one_clear_line(pipeline):
+    env = pipeline["train_env"]
+    args = ["3d_fullres", "all", "-tr", TRAINER, "-device", "cpu"]
+    # a dataset without the rehrseg block
+    _copy_preprocessed(pipeline, 613, lambda d: d.pop("rehrseg"))
+    assert_one_line_error(run_script("nnUNetv2_train", ["613", *args, "-p", "REHRSegPlans"], env),
+                          "not a pseudo-HR dataset", "rehrseg_make_pseudohr")
+    # plans without the REHRSeg network
+    assert_one_line_error(run_script("nnUNetv2_train", ["612", *args], env), "rehrseg_plan", "-p REHRSegPlans")
+    # a missing SR model folder
+    _copy_preprocessed(pipeline, 614, lambda d: d["rehrseg"].update(sr_model_folder="/nonexistent/sr_model"))
+    assert_one_line_error(run_script("nnUNetv2_train", ["614", *args, "-p", "REHRSegPlans"], env),
+                          "/nonexistent/sr_model", "noDistill")
+    # rehrseg_predict on a model that was not trained with REHRSeg
+    stock_like = pipeline["root"] / "results" / "Dataset612_PhantomPseudoHR" / "StockTrainer__REHRSegPlans__3d_fullres"
+    shutil.copytree(pipeline["model"], stock_like)
+    plans = json.loads((stock_like / "plans.json").read_text())
+    plans["configurations"]["3d_fullres"]["architecture"]["network_class_name"] = \
+        "dynamic_network_architectures.architectures.unet.PlainConvUNet"
+    (stock_like / "plans.json").write_text(json.dumps(plans))
+    flags = [f if f != TRAINER else "StockTrainer" for f in PREDICT_FLAGS]
+    result = run_script("rehrseg_predict", ["-i", str(pipeline["raw"] / "Dataset502_Phantom" / "imagesTr"),
+                                            "-o", str(pipeline["root"] / "never"), *flags], pipeline["env"])
+    assert_one_line_error(result, "not trained with REHRSeg")
+    assert not (pipeline["root"] / "never").exists() or not any((pipeline["root"] / "never").glob("*.nii.gz"))
