@@ -32,7 +32,7 @@ def script(name: str) -> str:
 
 def time_training(trainer_class, plans, dataset_json, device, iterations: int) -> float:
     import torch
-    trainer = trainer_class(plans, "3d_fullres", "all", dataset_json, torch.device(device))
+    trainer = trainer_class({**plans, "continue_training": False}, "3d_fullres", "all", dataset_json, torch.device(device))
     trainer.num_epochs = 1
     trainer.on_train_start()
     trainer.on_epoch_start()
@@ -53,10 +53,8 @@ def time_prediction(trainer_class, predictor_class, plans, dataset_json, device,
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     plans_manager = PlansManager(plans)
     configuration = plans_manager.get_configuration("3d_fullres")
-    network = trainer_class.build_network_architecture(
-        configuration.network_arch_class_name, configuration.network_arch_init_kwargs,
-        configuration.network_arch_init_kwargs_req_import, len(dataset_json["channel_names"]),
-        len(dataset_json["labels"]), enable_deep_supervision=False)
+    network = trainer_class.build_network_architecture(plans_manager, configuration, len(dataset_json["channel_names"]),
+                                                       len(dataset_json["labels"]), enable_deep_supervision=False)
     predictor = predictor_class(tile_step_size=0.5, use_gaussian=True, use_mirroring=False, device=torch.device(device),
                                 perform_everything_on_device=device == "cuda", allow_tqdm=False)
     predictor.manual_initialization(network, plans_manager, configuration, [network.state_dict()], dataset_json,

@@ -95,3 +95,30 @@ def test_pretrained_weights_load_every_inner_unet_tensor(tmp_path):
         assert torch.equal(state[key], value), key
     for key, value in fresh_head.items():
         assert torch.equal(state[key], value), f"{key} should start fresh"
+
+
+def test_no_hr_head_variant_upsamples_the_lr_logits():
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from rehrseg_nnunet.training.trainer import REHRSegTrainer_noHRHead
+
+    kwargs = {k: v for k, v in UNET_KWARGS.items() if k not in ("input_channels", "num_classes")}
+    requires_import = ["conv_op", "norm_op", "nonlin"]
+    for key in requires_import:
+        kwargs[key] = f"{kwargs[key].__module__}.{kwargs[key].__name__}"
+    plans = {"dataset_name": "Dataset001_X", "plans_name": "REHRSegPlans", "transpose_forward": [0, 1, 2],
+             "transpose_backward": [0, 1, 2], "configurations": {"3d_fullres": {
+                 "data_identifier": "x", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
+                 "patch_size": [16, 16, 16], "spacing": [1, 1, 1], "normalization_schemes": ["ZScoreNormalization"],
+                 "use_mask_for_norm": [False], "architecture": {
+                     "network_class_name": "rehrseg_nnunet.network.REHRSegUNet",
+                     "arch_kwargs": {**kwargs, "scale_factor": 4}, "_kw_requires_import": requires_import}}}}
+    manager = PlansManager(plans)
+    net = REHRSegTrainer_noHRHead.build_network_architecture(manager, manager.get_configuration("3d_fullres"), 1, 3,
+                                                              enable_deep_supervision=False)
+    net.eval()
+    with torch.no_grad():
+        hr = net(torch.randn(1, 1, 16, 16, 16))
+    assert hr.shape == (1, 3, 16, 16, 16)
+    # upsampled LR logits: every group of 4 HR slices varies only linearly, no head convolution
+    assert net.hr_from_lr

@@ -234,11 +234,10 @@ class REHRSegTrainer_noHRHead(REHRSegTrainer):
     use_hr_head = False
 
     @staticmethod
-    def build_network_architecture(architecture_class_name, arch_init_kwargs, arch_init_kwargs_req_import,
-                                   num_input_channels, num_output_channels, enable_deep_supervision=True):
-        network = nnUNetTrainer.build_network_architecture(architecture_class_name, arch_init_kwargs,
-                                                            arch_init_kwargs_req_import, num_input_channels,
-                                                            num_output_channels, enable_deep_supervision)
+    def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        network = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                           num_output_channels, enable_deep_supervision)
         network.hr_from_lr = True
         return network
 
