@@ -50,6 +50,7 @@ def time_training(trainer_class, plans, dataset_json, device, iterations: int) -
 
 def time_prediction(trainer_class, predictor_class, plans, dataset_json, device, inputs, output) -> float:
     import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     plans_manager = PlansManager(plans)
     configuration = plans_manager.get_configuration("3d_fullres")
@@ -59,7 +60,7 @@ def time_prediction(trainer_class, predictor_class, plans, dataset_json, device,
                                 perform_everything_on_device=device == "cuda", allow_tqdm=False)
     predictor.manual_initialization(network, plans_manager, configuration, [network.state_dict()], dataset_json,
                                     trainer_class.__name__, None)
-    if hasattr(predictor, "scale_factor") or predictor_class.__name__ == "REHRSegPredictor":
+    if predictor_class is not nnUNetPredictor:  # manual_initialization skips REHRSegPredictor's own setup
         predictor.scale_factor = int(configuration.configuration["rehrseg"]["scale_factor"])
     files = sorted(f for f in os.listdir(inputs) if f.endswith(".nii.gz"))
     started = time.perf_counter()
