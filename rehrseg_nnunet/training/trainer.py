@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import torch
 import torch.nn.functional as F
+from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss, get_tp_fp_fn_tn
@@ -107,14 +108,14 @@ class REHRSegTrainer(nnUNetTrainer):
         return None  # the loader delivers the HR label; LR targets are derived in train_step
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
-        # METHOD.md: rotate about the slice axis only ("dummy 2D"), no mirroring
-        rotation, _, initial_patch_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        # METHOD.md: rotate about the slice axis only ("dummy 2D"), no mirroring. The parent's version is not
+        # called: it would log its own (different) choice
         rotation = (-np.pi, np.pi)
-        from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
         patch_size = self.configuration_manager.patch_size
         initial_patch_size = get_patch_size(patch_size[1:], rotation, (0, 0), (0, 0), (0.85, 1.25))
         initial_patch_size = [patch_size[0], *initial_patch_size]
         self.inference_allowed_mirroring_axes = None
+        self.print_to_log_file("do_dummy_2d_data_aug: True (rotation about the slice axis only), no mirroring")
         return rotation, True, initial_patch_size, None
 
     def get_dataloaders(self):
