@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install -q -e ".[example]"
-PATH="$PWD/.venv/bin:$PATH" .venv/bin/python examples/sr_quickstart.py "$@"
+PATH="$PWD/.venv/bin:$PATH" .venv/bin/python examples/quickstart.py "$@"

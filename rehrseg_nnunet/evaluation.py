@@ -86,6 +86,11 @@ def hd95(reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float]
         return 0.0
     if not reference.any() or not prediction.any():
         return float(np.sqrt(np.sum((np.asarray(reference.shape) * np.asarray(spacing, dtype=float)) ** 2)))
+    # distances between surfaces do not depend on voxels outside both masks: crop to their joint bounding
+    # box plus one empty voxel (keeps the image border "outside") before the distance transforms
+    corners = np.argwhere(reference | prediction)
+    box = tuple(slice(low, high + 1) for low, high in zip(corners.min(0), corners.max(0)))
+    reference, prediction = np.pad(reference[box], 1), np.pad(prediction[box], 1)
     surface_reference, surface_prediction = surface(reference), surface(prediction)
     to_prediction = ndimage.distance_transform_edt(~surface_prediction, sampling=spacing)[surface_reference]
     to_reference = ndimage.distance_transform_edt(~surface_reference, sampling=spacing)[surface_prediction]

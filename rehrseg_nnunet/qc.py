@@ -33,7 +33,8 @@ def through_plane(image: sitk.Image, reference: sitk.Image, slice_axis: int, pos
     return plane[::-1]
 
 
-def save_qc_png(path: str, panels: list[Panel], slice_axis: int, position: int | None = None) -> None:
+def save_qc_png(path: str, panels: list[Panel], slice_axis: int, position: int | None = None,
+                columns: int | None = None) -> None:
     """Write one PNG with the panels side by side, label contours overlaid, on the grid of the last panel.
 
     Args:
@@ -41,6 +42,7 @@ def save_qc_png(path: str, panels: list[Panel], slice_axis: int, position: int |
         panels: images (and optional label maps) to show; each is resampled onto the last panel's grid.
         slice_axis: the thick axis, (x, y, z) order.
         position: index along the first in-plane axis (default: the middle, or the label's centre).
+        columns: panels per row (default: all in one row).
     """
     import matplotlib
     matplotlib.use("Agg")
@@ -59,8 +61,12 @@ def save_qc_png(path: str, panels: list[Panel], slice_axis: int, position: int |
     spacing = reference.GetSpacing()
     other = [a for a in range(3) if a not in (slice_axis, in_plane)][0]
     aspect = spacing[slice_axis] / spacing[other]
-    figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
-    for ax, panel in zip(axes[0], panels):
+    columns = columns or len(panels)
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, panel in zip(axes.flat, panels):
         plane = through_plane(panel.image, reference, slice_axis, position)
         low, high = np.percentile(plane, (0.5, 99.5))  # a few hot voxels must not wash out the view
         ax.imshow(plane, cmap=panel.cmap, aspect=aspect, interpolation="nearest", vmin=low, vmax=max(high, low + 1e-6))

@@ -244,7 +244,11 @@ class REHRSegTrainer_noHRHead(REHRSegTrainer):
 
 
 def _short(base: type, epochs: int, iterations: int, name: str) -> type:
-    """A short-schedule variant (tests, CPU runs): ``epochs`` x ``iterations``, 2 validation iterations."""
+    """A short-schedule variant (tests, CPU runs): ``epochs`` x ``iterations``, 2 validation iterations.
+
+    With fold ``all`` the final validation (nnUNetv2_train predicts every validation case) is skipped:
+    those cases are the training cases, and on a CPU predicting them costs minutes per case.
+    """
 
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
         base.__init__(self, plans, configuration, fold, dataset_json, device)
@@ -252,7 +256,14 @@ def _short(base: type, epochs: int, iterations: int, name: str) -> type:
         self.num_iterations_per_epoch = iterations
         self.num_val_iterations_per_epoch = 2
 
-    return type(name, (base,), {"__init__": __init__, "__module__": __name__,
+    def perform_actual_validation(self, save_probabilities: bool = False) -> None:
+        if self.fold == "all":
+            self.print_to_log_file("final validation skipped: fold 'all' validates on the training cases")
+            return
+        base.perform_actual_validation(self, save_probabilities)
+
+    return type(name, (base,), {"__init__": __init__, "perform_actual_validation": perform_actual_validation,
+                                "__module__": __name__,
                                 "__doc__": f"{base.__name__} for {epochs} epochs of {iterations} iterations."})
 
 
@@ -260,6 +271,6 @@ REHRSegTrainer_debug = _short(REHRSegTrainer, 2, 3, "REHRSegTrainer_debug")
 REHRSegTrainer_noUASR_debug = _short(REHRSegTrainer_noUASR, 2, 3, "REHRSegTrainer_noUASR_debug")
 REHRSegTrainer_noDistill_debug = _short(REHRSegTrainer_noDistill, 2, 3, "REHRSegTrainer_noDistill_debug")
 REHRSegTrainer_noHRHead_debug = _short(REHRSegTrainer_noHRHead, 2, 3, "REHRSegTrainer_noHRHead_debug")
-REHRSegTrainer_cpu = _short(REHRSegTrainer, 20, 25, "REHRSegTrainer_cpu")
-REHRSegTrainer_noUASR_cpu = _short(REHRSegTrainer_noUASR, 20, 25, "REHRSegTrainer_noUASR_cpu")
-REHRSegTrainer_noDistill_cpu = _short(REHRSegTrainer_noDistill, 20, 25, "REHRSegTrainer_noDistill_cpu")
+REHRSegTrainer_cpu = _short(REHRSegTrainer, 8, 20, "REHRSegTrainer_cpu")
+REHRSegTrainer_noUASR_cpu = _short(REHRSegTrainer_noUASR, 8, 20, "REHRSegTrainer_noUASR_cpu")
+REHRSegTrainer_noDistill_cpu = _short(REHRSegTrainer_noDistill, 8, 20, "REHRSegTrainer_noDistill_cpu")
