@@ -255,20 +255,26 @@ def summarise(per_case: dict[str, dict]) -> dict:
             for name in LABELS:
                 if name == "background":
                     continue
-                values = [c[grid][name][key] for c in per_case.values() if name in c[grid]]
+                values = [c[grid][name][key] for c in per_case.values() if c[grid][name]["present"]]
                 if values:
                     out["per_label"].setdefault(name, {})[f"{grid}_{key}"] = float(np.mean(values))
     out["per_case"] = per_case
     return out
 
 
-def save_figure(path: str, case: str, data: str, raw: str, predictions: dict[str, sitk.Image]) -> None:
+def save_figure(path: str, data: str, work: str, lr_variant: str) -> None:
+    """The test case in a through-plane view: LR input, each method's HR segmentation, the 1 mm truth."""
     from rehrseg_nnunet.qc import Panel, save_qc_png
+    case = TEST_CASES[0]
+    predictions = os.path.join(work, "predictions")
     truth_image = sitk.ReadImage(os.path.join(data, case, "t1c.nii.gz"), sitk.sitkFloat32)
     truth_label = sitk.Cast(sitk.ReadImage(os.path.join(data, case, "labels.nii.gz")), sitk.sitkUInt8)
-    lr_image = sitk.ReadImage(os.path.join(raw, dataset_name("lr"), "imagesTs", f"{case}_0000.nii.gz"))
-    panels = [Panel("LR input (4 mm)", lr_image)]
-    panels += [Panel(name, truth_image, prediction) for name, prediction in predictions.items()]
+    lr_image = sitk.ReadImage(os.path.join(work, "nnUNet_raw", dataset_name("lr"), "imagesTs", f"{case}_0000.nii.gz"))
+    panels = [Panel("LR input (4 mm)", lr_image),
+              Panel(lr_variant, truth_image, upsample_lr_prediction(os.path.join(predictions, "nnunet_lr"), case,
+                                                                   lr_variant.rsplit("_", 1)[1]))]
+    for method in ("interp_nnunet", "sr_nnunet", "rehrseg", "rehrseg_noUASR", "rehrseg_noDistill"):
+        panels.append(Panel(method, truth_image, sitk.ReadImage(os.path.join(predictions, method, f"{case}.nii.gz"))))
     panels.append(Panel("1 mm truth", truth_image, truth_label))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_qc_png(path, panels, SLICE_AXIS, columns=4)
@@ -293,6 +299,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=os.path.join(HERE, "results", "brats_4x.json"))
     parser.add_argument("--figure", default=os.path.join(HERE, "..", "docs", "brats_4x.png"))
+    parser.add_argument("--figure-only", action="store_true",
+                        help="redraw the figure from the predictions and results of a finished run")
     args = parser.parse_args()
     if not os.path.isdir(args.data):
         sys.exit(f"{args.data} does not exist; pass --data with the BRATS subset folder (../shared/data/brats2013_subset).")
@@ -302,6 +310,10 @@ def main() -> None:
            "nnUNet_results": os.path.join(work, "nnUNet_results"), "nnUNet_def_n_proc": "1", "nnUNet_compile": "0"}
     os.environ.update(env)
     references = os.path.join(work, "references")
+    if args.figure_only:
+        with open(args.output) as handle:
+            save_figure(args.figure, data, work, json.load(handle)["methods"]["nnunet_lr_upsampled"]["variant"])
+        return
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -356,7 +368,6 @@ def main() -> None:
         ("rehrseg_noDistill", pseudohr, "REHRSegTrainer_noDistill", "REHRSegPlans", "rehrseg_predict", lr_inputs),
     ]
     methods: dict[str, dict] = {}
-    figure_predictions: dict[str, sitk.Image] = {}
     seconds: dict[str, tuple[float, float]] = {}
     for method, dataset, trainer_name, plans_name, entry, inputs in runs:
         _, train_seconds = train(trainer_name, dataset, plans_name, args)
@@ -377,8 +388,6 @@ def main() -> None:
                 else:
                     prediction_lr, prediction_hr = None, sitk.ReadImage(os.path.join(output, f"{case}.nii.gz"))
                 per_case[case] = score(prediction_hr, prediction_lr, case, references)
-                if case == TEST_CASES[0]:
-                    figure_predictions[name] = prediction_hr
             methods[name] = {**summarise(per_case), "train_seconds": train_seconds, "predict_seconds": predict_seconds,
                              "trainer": trainer_name, "plans": plans_name, "dataset": dataset}
             log(f"{name}: HR Dice {methods[name]['hr_dice']:.4f}, HR HD95 {methods[name]['hr_hd95']:.2f} mm, "
@@ -405,8 +414,7 @@ def main() -> None:
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     write_json(args.output, results)
-    figure_order = [best, "interp_nnunet", "sr_nnunet", "rehrseg", "rehrseg_noUASR", "rehrseg_noDistill"]
-    save_figure(args.figure, TEST_CASES[0], data, env["nnUNet_raw"], {n: figure_predictions[n] for n in figure_order})
+    save_figure(args.figure, data, work, best)
     print(f"\n{'method':30s} {'HR Dice':>8s} {'HR HD95':>8s} {'LR Dice':>8s} {'LR HD95':>8s}")
     for name, row in methods.items():
         print(f"{name:30s} {row['hr_dice']:8.4f} {row['hr_hd95']:8.2f} {row['lr_dice']:8.4f} {row['lr_hd95']:8.2f}")

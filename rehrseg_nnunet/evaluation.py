@@ -76,10 +76,15 @@ def surface(mask: np.ndarray) -> np.ndarray:
 def hd95(reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float]) -> float:
     """95th-percentile symmetric Hausdorff distance (mm) between the surfaces of two boolean masks.
 
+    Arrays are numpy (z, y, x) as from ``sitk.GetArrayFromImage``; ``spacing`` is in mm in that same
+    order (``image.GetSpacing()`` reversed). A mask's surface is its voxels with a face neighbour
+    (6-connectivity) outside it, the image border counting as outside (:func:`surface`). Distances are
+    scipy's exact Euclidean distance transform of the other surface's complement with ``sampling=spacing``.
     The distances from every reference-surface voxel to the prediction surface and from every
-    prediction-surface voxel to the reference surface are pooled (MedPy's convention). Both masks
-    empty: 0.0. Exactly one empty: the diagonal of the image extent in mm (a finite worst case, as in
-    the BraTS challenge, so that means over cases stay finite).
+    prediction-surface voxel to the reference surface are pooled and their 95th percentile taken with
+    numpy's default linear interpolation (MedPy's ``hd95`` convention). Both masks empty: 0.0. Exactly
+    one empty: the diagonal of the image extent in mm, ``sqrt(sum((shape_i * spacing_i) ** 2))`` (a finite
+    worst case, as in the BraTS challenge, so that means over cases stay finite).
     """
     reference, prediction = reference.astype(bool), prediction.astype(bool)
     if not reference.any() and not prediction.any():
@@ -99,11 +104,14 @@ def hd95(reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float]
 
 def segmentation_scores(reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float],
                         labels: dict[str, int]) -> dict[str, dict[str, float]]:
-    """Dice and HD95 of the whole foreground (label > 0) and of every non-zero label.
+    """Dice and HD95 of the whole foreground (label > 0; BraTS: whole tumour) and of every non-zero label.
+
+    Empty masks follow :func:`dice` and :func:`hd95`: both empty -> Dice 1.0, HD95 0.0; exactly one empty ->
+    Dice 0.0, HD95 = the image diagonal in mm.
 
     Args:
-        reference, prediction: label maps on the same grid, (z, y, x).
-        spacing: voxel size in mm, (z, y, x).
+        reference, prediction: integer label maps on the same grid, numpy (z, y, x) order.
+        spacing: voxel size in mm in the same (z, y, x) order (``image.GetSpacing()`` reversed).
         labels: name -> value; background (0) is skipped.
     Returns:
         ``{"foreground": {"dice", "hd95"}, name: {"dice", "hd95", "present"}, ...}``; ``present`` says whether
@@ -120,10 +128,33 @@ def segmentation_scores(reference: np.ndarray, prediction: np.ndarray, spacing: 
     return scores
 
 
-def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
-    return (a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=1e-4, atol=0)
-            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3)
-            and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-5))
+def _grid(reader_or_image) -> tuple:
+    return (reader_or_image.GetSize(), reader_or_image.GetSpacing(), reader_or_image.GetOrigin(),
+            reader_or_image.GetDirection())
+
+
+def _same_grid(a: tuple, b: tuple) -> bool:
+    """Same size, spacing (1e-4 relative), origin (1e-3 mm) and direction (1e-5) of two ``_grid`` tuples."""
+    return (tuple(a[0]) == tuple(b[0]) and np.allclose(a[1], b[1], rtol=1e-4, atol=0)
+            and np.allclose(a[2], b[2], rtol=0, atol=1e-3) and np.allclose(a[3], b[3], rtol=0, atol=1e-5))
+
+
+def _header(path: str) -> tuple:
+    """Grid of an image file from its header only (no voxel data read)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise RehrsegInputError(f"{path} cannot be read as an image ({str(error).strip().splitlines()[-1]}); "
+                                f"replace or remove it.") from None
+    return _grid(reader)
+
+
+def _label_array(image: sitk.Image) -> np.ndarray:
+    """Label map as int64 (z, y, x); float label maps are rounded, not truncated."""
+    array = sitk.GetArrayFromImage(image)
+    return (np.rint(array) if np.issubdtype(array.dtype, np.floating) else array).astype(np.int64)
 
 
 def _detect_ending(folder: str) -> str:
@@ -134,21 +165,37 @@ def _detect_ending(folder: str) -> str:
                             f"reference segmentations.")
 
 
+def _rounded(values: Sequence[float]) -> tuple:
+    return tuple(round(float(v), 4) for v in values)
+
+
 def evaluate_folders(reference_folder: str, prediction_folder: str, labels: dict[str, int] | None = None,
                      file_ending: str | None = None, resample_to_reference: bool = False) -> dict:
     """Score every reference case (nnU-Net naming: ``<case><file_ending>``) against its prediction.
 
-    Scores are computed on the reference grid. A prediction on another grid is an error unless
-    ``resample_to_reference`` (nearest neighbour onto the reference grid). Per-label means and standard
-    deviations use the cases where the label is present in the reference or the prediction.
+    Scores are computed on the reference grid (an LR reference scores on the LR grid, an HR one on the HR
+    grid), with the reference's spacing. Every prediction's grid (size, spacing to 1e-4 relative, origin to
+    1e-3 mm, direction to 1e-5) is checked from the file headers before any scoring: one on another grid is
+    an error unless ``resample_to_reference`` (nearest neighbour onto the reference grid, 0 outside).
+
+    Per case and label: Dice and HD95 as in :func:`segmentation_scores` (a label in neither the reference
+    nor the prediction scores Dice 1, HD95 0 and ``present`` False); ``labels_in_reference`` lists the
+    labels that occur in the case's reference. Per-label mean and std (numpy, ddof=0) use only the cases
+    where the label is present in the reference or the prediction (their number is ``mean[name]["cases"]``);
+    the foreground uses every case.
 
     Args:
-        reference_folder, prediction_folder: folders of label maps.
-        labels: name -> value; default: every non-zero value found in the references, named ``label_<v>``.
-        file_ending: default: detected from the reference folder.
+        reference_folder, prediction_folder: folders of label maps (any SimpleITK-readable format).
+        labels: name -> value; value 0 is skipped. Default: the sorted non-zero values found in the
+            references, named ``label_<v>`` (costs one extra read of every reference).
+        file_ending: e.g. ``".nii.gz"``; default: the first of ``IMAGE_ENDINGS`` that a reference file has.
         resample_to_reference: resample predictions on another grid instead of refusing them.
     Returns:
-        ``{"per_case": [...], "mean": {...}, "std": {...}, "grid": {"size", "spacing"}, "labels": {...}}``.
+        ``{"per_case": [{"case", "reference", "prediction", "labels_in_reference", "foreground": {...},
+        name: {...}, ...}], "mean": {key: {"dice", "hd95", "cases"}}, "std": {key: {"dice", "hd95"}},
+        "grid": {"size", "spacing"} of the first reference in SimpleITK's (x, y, z) order, "labels": {...}}``.
+    Raises:
+        RehrsegInputError: a missing folder or prediction, an unreadable file, a prediction on another grid.
     """
     from tqdm import tqdm
 
@@ -159,58 +206,84 @@ def evaluate_folders(reference_folder: str, prediction_folder: str, labels: dict
     cases = sorted(f[: -len(file_ending)] for f in os.listdir(reference_folder) if f.endswith(file_ending))
     if not cases:
         raise RehrsegInputError(f"{reference_folder} holds no '*{file_ending}' files; check -ref and the file ending.")
-    missing = [c + file_ending for c in cases if not os.path.isfile(os.path.join(prediction_folder, c + file_ending))]
+    paths = {c: (os.path.join(reference_folder, c + file_ending), os.path.join(prediction_folder, c + file_ending))
+             for c in cases}
+    missing = [os.path.basename(p) for _, p in paths.values() if not os.path.isfile(p)]
     if missing:
         raise RehrsegInputError(f"{prediction_folder} lacks the prediction(s) {', '.join(missing[:5])}"
-                                f"{' …' if len(missing) > 5 else ''}; predict every reference case (or remove the "
-                                f"reference) and run again.")
-    references = {c: sitk.ReadImage(os.path.join(reference_folder, c + file_ending)) for c in cases}
+                                f"{f' and {len(missing) - 5} more' if len(missing) > 5 else ''} of {len(cases)} "
+                                f"reference case(s); predict every reference case (or remove those references) and "
+                                f"run again.")
+    # all grids from the headers first, so that a wrong grid fails at once (one line, before any progress bar)
+    grids = {c: (_header(r), _header(p)) for c, (r, p) in paths.items()}
+    other = [c for c, (r, p) in grids.items() if not _same_grid(r, p)]
+    if other and not resample_to_reference:
+        reference_grid, prediction_grid = grids[other[0]]
+        more = f" (and {len(other) - 1} more: {', '.join(other[1:4])}{' …' if len(other) > 4 else ''})" \
+            if len(other) > 1 else ""
+        raise RehrsegInputError(
+            f"{paths[other[0]][1]}{more} is on another grid than its reference (size {tuple(prediction_grid[0])} vs "
+            f"{tuple(reference_grid[0])}, spacing {_rounded(prediction_grid[1])} vs {_rounded(reference_grid[1])}, "
+            f"origin {_rounded(prediction_grid[2])} vs {_rounded(reference_grid[2])}); pass --resample-to-reference "
+            f"to resample predictions onto the reference grid (nearest neighbour).")
     if labels is None:
-        values = sorted({int(v) for image in references.values() for v in np.unique(sitk.GetArrayViewFromImage(image))} - {0})
-        labels = {f"label_{v}": v for v in values}
+        values: set[int] = set()
+        for case in tqdm(cases, desc="rehrseg_evaluate: label values", unit="case"):
+            values.update(int(v) for v in np.unique(_label_array(sitk.ReadImage(paths[case][0]))))
+        labels = {f"label_{v}": v for v in sorted(values - {0})}
+    names = [n for n, v in labels.items() if v]
     per_case = []
     for case in tqdm(cases, desc="rehrseg_evaluate", unit="case"):
-        reference = references[case]
-        path = os.path.join(prediction_folder, case + file_ending)
-        prediction = sitk.ReadImage(path)
-        if not _same_grid(reference, prediction):
-            if not resample_to_reference:
-                raise RehrsegInputError(
-                    f"{path} is on another grid than its reference (size {prediction.GetSize()} vs "
-                    f"{reference.GetSize()}, spacing {tuple(round(s, 4) for s in prediction.GetSpacing())} vs "
-                    f"{tuple(round(s, 4) for s in reference.GetSpacing())}); pass --resample-to-reference to resample "
-                    f"predictions onto the reference grid (nearest neighbour).")
+        reference_path, prediction_path = paths[case]
+        reference, prediction = sitk.ReadImage(reference_path), sitk.ReadImage(prediction_path)
+        if case in other:
             prediction = sitk.Resample(prediction, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-        scores = segmentation_scores(sitk.GetArrayFromImage(reference).astype(np.int64),
-                                     sitk.GetArrayFromImage(prediction).astype(np.int64),
+        reference_array = _label_array(reference)
+        scores = segmentation_scores(reference_array, _label_array(prediction),
                                      list(reversed(reference.GetSpacing())), labels)
-        per_case.append({"case": case, "reference": os.path.join(reference_folder, case + file_ending),
-                         "prediction": path, **scores})
+        in_reference = set(np.unique(reference_array).tolist())
+        per_case.append({"case": case, "reference": reference_path, "prediction": prediction_path,
+                         "resampled": case in other,
+                         "labels_in_reference": [n for n in names if labels[n] in in_reference], **scores})
     mean, std = {}, {}
-    for key in ["foreground", *[n for n, v in labels.items() if v]]:
+    for key in ["foreground", *names]:
         rows = [c[key] for c in per_case if key == "foreground" or c[key]["present"]]
         if rows:
             mean[key] = {m: float(np.mean([r[m] for r in rows])) for m in ("dice", "hd95")}
             std[key] = {m: float(np.std([r[m] for r in rows])) for m in ("dice", "hd95")}
             mean[key]["cases"] = len(rows)
-    first = references[cases[0]]
-    return {"per_case": per_case, "mean": mean, "std": std, "labels": labels,
-            "grid": {"size": list(first.GetSize()), "spacing": [float(s) for s in first.GetSpacing()]}}
+    first = grids[cases[0]][0]
+    return {"per_case": per_case, "mean": mean, "std": std, "labels": dict(labels),
+            "grid": {"size": [int(s) for s in first[0]], "spacing": [float(s) for s in first[1]]}}
 
 
 def format_table(summary: dict) -> str:
-    """Fixed-width text: one row per case (foreground and per-label Dice, foreground HD95), then mean ± std."""
+    """Fixed-width text of an :func:`evaluate_folders` summary.
+
+    One row per case (foreground Dice and HD95 in mm, then the Dice of each label; ``-`` where the label is
+    in neither the reference nor the prediction), then one ``mean ± std`` row per key (Dice, HD95 mm, the
+    number of cases it averages: every case for the foreground, the cases where the label occurs in the
+    reference or the prediction for a label).
+    """
     names = [n for n, v in summary["labels"].items() if v]
-    header = f"{'case':20s} {'fg Dice':>8s} {'fg HD95':>8s} " + " ".join(f"{n[:12]:>12s}" for n in names)
-    lines = [f"grid: size {summary['grid']['size']}, spacing {summary['grid']['spacing']} (x, y, z)", header]
+    grid = summary["grid"]
+    lines = [(f"grid of the references (first case): size {grid['size']}, spacing "
+              f"{[round(s, 4) for s in grid['spacing']]} mm (x, y, z)"),
+             f"{'case':20s} {'fg Dice':>8s} {'fg HD95':>8s} " + " ".join(f"{n[:12]:>12s}" for n in names)
+             + ("  (label columns: Dice)" if names else "")]
     for row in summary["per_case"]:
         cells = " ".join(f"{row[n]['dice']:12.4f}" if row[n]["present"] else f"{'-':>12s}" for n in names)
-        lines.append(f"{row['case'][:20]:20s} {row['foreground']['dice']:8.4f} {row['foreground']['hd95']:8.2f} {cells}")
+        foreground = row["foreground"]
+        lines.append(f"{row['case'][:20]:20s} {foreground['dice']:8.4f} {foreground['hd95']:8.2f} {cells}")
     lines.append("")
-    lines.append(f"{'label':20s} {'Dice mean ± std':>18s} {'HD95 mm mean ± std':>20s} {'cases':>6s}")
-    for key in summary["mean"]:
+    lines.append(f"{'mean ± std':20s} {'Dice':>17s} {'HD95 mm':>20s} {'cases':>6s}")
+    for key in ["foreground", *names]:
+        if key not in summary["mean"]:
+            lines.append(f"{key[:20]:20s} {'-':>17s} {'-':>20s} {0:6d}")
+            continue
         m, s = summary["mean"][key], summary["std"][key]
-        lines.append(f"{key[:20]:20s} {m['dice']:9.4f} ± {s['dice']:6.4f} {m['hd95']:10.2f} ± {s['hd95']:7.2f} "
+        lines.append(f"{key[:20]:20s} {m['dice']:8.4f} ± {s['dice']:6.4f} {m['hd95']:10.2f} ± {s['hd95']:7.2f} "
                      f"{m['cases']:6d}")
-    lines.append("(per-label rows: cases where the label occurs in the reference or the prediction; '-' = in neither)")
+    lines.append("(label rows average the cases where the label occurs in the reference or the prediction; "
+                 "'-' = in neither)")
     return "\n".join(lines)
