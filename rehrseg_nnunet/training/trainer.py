@@ -243,11 +243,12 @@ class REHRSegTrainer_noHRHead(REHRSegTrainer):
         return network
 
 
-def _short(base: type, epochs: int, iterations: int, name: str) -> type:
+def _short(base: type, epochs: int, iterations: int, name: str, skip_validation_of_fold_all: bool = False) -> type:
     """A short-schedule variant (tests, CPU runs): ``epochs`` x ``iterations``, 2 validation iterations.
 
-    With fold ``all`` the final validation (nnUNetv2_train predicts every validation case) is skipped:
-    those cases are the training cases, and on a CPU predicting them costs minutes per case.
+    With ``skip_validation_of_fold_all`` the final validation (nnUNetv2_train predicts every validation
+    case) is skipped for fold ``all``: those cases are the training cases, and on a CPU predicting full
+    volumes costs minutes per case.
     """
 
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
@@ -257,7 +258,7 @@ def _short(base: type, epochs: int, iterations: int, name: str) -> type:
         self.num_val_iterations_per_epoch = 2
 
     def perform_actual_validation(self, save_probabilities: bool = False) -> None:
-        if self.fold == "all":
+        if skip_validation_of_fold_all and self.fold == "all":
             self.print_to_log_file("final validation skipped: fold 'all' validates on the training cases")
             return
         base.perform_actual_validation(self, save_probabilities)
@@ -271,6 +272,6 @@ REHRSegTrainer_debug = _short(REHRSegTrainer, 2, 3, "REHRSegTrainer_debug")
 REHRSegTrainer_noUASR_debug = _short(REHRSegTrainer_noUASR, 2, 3, "REHRSegTrainer_noUASR_debug")
 REHRSegTrainer_noDistill_debug = _short(REHRSegTrainer_noDistill, 2, 3, "REHRSegTrainer_noDistill_debug")
 REHRSegTrainer_noHRHead_debug = _short(REHRSegTrainer_noHRHead, 2, 3, "REHRSegTrainer_noHRHead_debug")
-REHRSegTrainer_cpu = _short(REHRSegTrainer, 8, 20, "REHRSegTrainer_cpu")
-REHRSegTrainer_noUASR_cpu = _short(REHRSegTrainer_noUASR, 8, 20, "REHRSegTrainer_noUASR_cpu")
-REHRSegTrainer_noDistill_cpu = _short(REHRSegTrainer_noDistill, 8, 20, "REHRSegTrainer_noDistill_cpu")
+REHRSegTrainer_cpu = _short(REHRSegTrainer, 8, 20, "REHRSegTrainer_cpu", skip_validation_of_fold_all=True)
+REHRSegTrainer_noUASR_cpu = _short(REHRSegTrainer_noUASR, 8, 20, "REHRSegTrainer_noUASR_cpu", skip_validation_of_fold_all=True)
+REHRSegTrainer_noDistill_cpu = _short(REHRSegTrainer_noDistill, 8, 20, "REHRSegTrainer_noDistill_cpu", skip_validation_of_fold_all=True)
