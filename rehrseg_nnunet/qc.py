@@ -24,7 +24,7 @@ def through_plane(image: sitk.Image, reference: sitk.Image, slice_axis: int, pos
     """
     if image.GetSize() != reference.GetSize() or not np.allclose(image.GetSpacing(), reference.GetSpacing()):
         image = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0)
-    array = sitk.GetArrayFromImage(image)  # (z, y, x)
+    array = sitk.GetArrayViewFromImage(image)  # (z, y, x); a view: no copy of the whole volume
     cut_axis = 2 - [a for a in range(3) if a != slice_axis][0]
     plane = np.take(array, position, axis=cut_axis)  # 2D, slice axis remains
     slice_dim = 0 if (2 - slice_axis) < cut_axis else 1

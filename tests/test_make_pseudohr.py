@@ -84,20 +84,26 @@ def test_pseudohr_dataset_geometry_values_and_metadata(raw_copy):
     assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
 
 
-def test_two_parts_give_the_same_files_as_one_process(raw_copy):
+def test_two_parts_and_two_workers_give_the_same_files_as_one_process(raw_copy):
     assert make(raw_copy, "-part_id", "0", "-num_parts", "2").returncode == 0
     assert make(raw_copy, "-part_id", "1", "-num_parts", "2").returncode == 0
     parts = raw_copy["raw"] / "Dataset602_PhantomPseudoHR"
     single = run_script("rehrseg_make_pseudohr", ["-d", "502", "-o", "603", "-m", raw_copy["model"], "-device", "cpu"],
                         raw_copy["env"])
     assert single.returncode == 0, single.stderr[-2000:]
+    workers = run_script("rehrseg_make_pseudohr", ["-d", "502", "-o", "605", "-m", raw_copy["model"], "-device", "cpu",
+                                                   "-np", "2"], raw_copy["env"])
+    assert workers.returncode == 0 and "3 case(s) written, 0 skipped" in workers.stdout, workers.stderr[-2000:]
     whole = raw_copy["raw"] / "Dataset603_PhantomPseudoHR"
     files = sorted(str(p.relative_to(whole)) for p in whole.rglob("*.nii.gz"))
-    assert files == sorted(str(p.relative_to(parts)) for p in parts.rglob("*.nii.gz")) and len(files) == 2 * 4 + 3
-    for name in files:
-        a = sitk.GetArrayFromImage(sitk.ReadImage(str(whole / name)))
-        b = sitk.GetArrayFromImage(sitk.ReadImage(str(parts / name)))
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert len(files) == 2 * 4 + 3
+    for other in (parts, raw_copy["raw"] / "Dataset605_PhantomPseudoHR"):
+        assert files == sorted(str(p.relative_to(other)) for p in other.rglob("*.nii.gz"))
+        assert sorted(p.name for p in (other / "qc").iterdir()) == sorted(p.name for p in (whole / "qc").iterdir())
+        for name in files:
+            a = sitk.GetArrayFromImage(sitk.ReadImage(str(whole / name)))
+            b = sitk.GetArrayFromImage(sitk.ReadImage(str(other / name)))
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=f"{other.name}/{name}")
 
 
 def test_interrupted_run_is_completed_by_a_rerun(tmp_path, trained_sr_model):
