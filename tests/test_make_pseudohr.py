@@ -161,6 +161,15 @@ def test_bad_input_is_refused_and_writes_nothing(raw_copy, tmp_path):
     config["label_values"], config["lr_spacing"] = [0, 1, 2], [1.0, 1.0, 2.0]
     (other / "config.json").write_text(json.dumps(config))
     _refused(raw_copy, ["-d", "502", "-o", "605", "-m", str(other)], "trained for 2 mm slices")
+    # incompatible model: another slice axis (4 mm along x)
+    config["lr_spacing"], config["slice_axis"] = [4.0, 1.0, 1.0], 0
+    (other / "config.json").write_text(json.dumps(config))
+    _refused(raw_copy, ["-d", "502", "-o", "605", "-m", str(other)], "slices along x")
+    # incompatible model: another channel count
+    config["lr_spacing"], config["slice_axis"] = [1.0, 1.0, 4.0], 2
+    config["channel_names"] = {"0": "T1"}
+    (other / "config.json").write_text(json.dumps(config))
+    _refused(raw_copy, ["-d", "502", "-o", "605", "-m", str(other)], "has 1 image channel(s) but")
     # target id used by another dataset
     (raw_copy["raw"] / "Dataset606_Other").mkdir()
     _refused(raw_copy, ["-d", "502", "-o", "606", "-m", model], "already used by")
