@@ -43,6 +43,7 @@ import time
 import numpy as np
 import SimpleITK as sitk
 
+from rehrseg_nnunet.dataset_io import write_json_atomically
 from rehrseg_nnunet.degradation import labels_to_lr, simulate_thick_slices
 from rehrseg_nnunet.geometry import Grid
 from rehrseg_nnunet.training import EXT_TRAINER_FOLDER
@@ -76,11 +77,6 @@ def dataset_name(key: str) -> str:
     dataset_id, name = DATASETS[key]
     return f"Dataset{dataset_id}_{name}"
 
-
-def write_json(path: str, content: dict) -> None:
-    with open(path + ".tmp", "w") as handle:
-        json.dump(content, handle, indent=2)
-    os.replace(path + ".tmp", path)
 
 
 def hr_reference(lr_image: sitk.Image) -> sitk.Image:
@@ -120,7 +116,7 @@ def make_datasets(data: str, raw: str, references: str) -> None:
             sitk.WriteImage(cubic, os.path.join(interp_folder, "imagesTr", f"{case}_0000.nii.gz"))
             sitk.WriteImage(nearest_label, os.path.join(interp_folder, "labelsTr", f"{case}.nii.gz"))
     for key, folder in (("lr", lr_folder), ("interp", interp_folder)):
-        write_json(os.path.join(folder, "dataset.json"), {
+        write_json_atomically(os.path.join(folder, "dataset.json"), {
             "channel_names": {"0": "T1c"}, "labels": LABELS, "numTraining": len(TRAIN_CASES), "file_ending": ".nii.gz",
             "name": DATASETS[key][1], "description": "BRATS T1c, 4 mm slices simulated along z (benchmarks/brats_4x.py)"})
 
@@ -152,7 +148,7 @@ def write_bench_plans(preprocessed: str, name: str, patch_size: list[int] | None
     folder = os.path.join(preprocessed, name)
     with open(os.path.join(folder, "nnUNetPlans.json")) as handle:
         plans = json.load(handle)
-    write_json(os.path.join(folder, f"{BENCH_PLANS}.json"),
+    write_json_atomically(os.path.join(folder, f"{BENCH_PLANS}.json"),
                fixed_budget_plans(plans, patch_size, args.base_features, args.max_features, args.batch_size))
     return BENCH_PLANS
 
@@ -194,19 +190,22 @@ def train(trainer_name: str, dataset: str, plans_name: str, args) -> tuple[str, 
     trainer.run_training()
     seconds = time.perf_counter() - started
     del trainer
-    write_json(timing_file, {"seconds": seconds})
+    write_json_atomically(timing_file, {"seconds": seconds})
     return model, seconds
 
 
 def predict(entry: str, inputs: str, output: str, dataset: str, trainer_name: str, plans_name: str, args,
             save_probabilities: bool = False) -> float | None:
-    if os.path.isdir(output) and all(os.path.isfile(os.path.join(output, f"{c}.nii.gz")) for c in TEST_CASES):
+    marker = os.path.join(output, "benchmark_predict_complete.json")  # a killed run may leave truncated files
+    if os.path.isfile(marker):
         return None
     command = [script(entry), "-i", inputs, "-o", output, "-d", dataset, "-tr", trainer_name, "-p", plans_name,
                "-device", args.device, *PREDICT_FLAGS] + (["--save_probabilities"] if save_probabilities else [])
     started = time.perf_counter()
     run(command, {"nnUNet_extTrainer": EXT_TRAINER_FOLDER})
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    write_json_atomically(marker, {"seconds": seconds})
+    return seconds
 
 
 def upsample_lr_prediction(lr_folder: str, case: str, mode: str) -> sitk.Image:
@@ -413,7 +412,7 @@ def main() -> None:
         "command": "python benchmarks/brats_4x.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    write_json(args.output, results)
+    write_json_atomically(args.output, results)
     save_figure(args.figure, data, work, best)
     print(f"\n{'method':30s} {'HR Dice':>8s} {'HR HD95':>8s} {'LR Dice':>8s} {'LR HD95':>8s}")
     for name, row in methods.items():

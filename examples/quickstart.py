@@ -44,10 +44,11 @@ def step(index: int, total: int, text: str) -> None:
     print(f"\n[{index}/{total}] {text}", flush=True)
 
 
-def run(*command: str) -> None:
-    """Run one console command of the pipeline (echoed as a user would type it)."""
-    print("      $ " + " ".join(command), flush=True)
-    subprocess.run([shutil.which(command[0]) or command[0], *command[1:]], check=True)
+def run(*command: str, env: dict[str, str] | None = None) -> None:
+    """Run one console command of the pipeline (echoed as a user would type it), with extra ``env`` variables."""
+    print("      $ " + " ".join(f"{k}={v}" for k, v in (env or {}).items()) + (" " if env else "") + " ".join(command),
+          flush=True)
+    subprocess.run([shutil.which(command[0]) or command[0], *command[1:]], check=True, env={**os.environ, **(env or {})})
 
 
 def write_test_acquisition(folder: str, reference_folder: str) -> None:
@@ -107,10 +108,9 @@ def main() -> None:
     results = os.path.join(os.environ["nnUNet_results"], "Dataset991_MNIThickPseudoHR",
                            f"{trainer}__REHRSegPlans__3d_fullres", "fold_all", "checkpoint_final.pth")
     if not os.path.isfile(results):
-        os.environ["nnUNet_n_proc_DA"] = "0"  # augmentation in the training process (2 cores)
+        # augmentation in the training process (2 cores)
         run("nnUNetv2_train", str(TARGET_ID), "3d_fullres", "all", "-tr", trainer, "-p", "REHRSegPlans",
-            "-device", args.device)
-        del os.environ["nnUNet_n_proc_DA"]
+            "-device", args.device, env={"nnUNet_n_proc_DA": "0"})
 
     step(6, total, "HR segmentation of the held-out thick-slice input")
     run("rehrseg_predict", "-i", os.path.join(test_folder, "images"), "-o", predictions, "-d", str(TARGET_ID),

@@ -149,6 +149,19 @@ def load_raw_dataset(dataset: str | int) -> RawDataset:
     return RawDataset(name, folder, dataset_json, training, test)
 
 
+def write_json_atomically(path: str, content: object) -> None:
+    """``json.dump`` to a per-process temporary name beside ``path``, then rename: no reader ever sees a
+    partial file, and an interrupted write leaves the previous version (or nothing)."""
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "w") as handle:
+            json.dump(content, handle, indent=2)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
 def read_image(path: str) -> sitk.Image:
     try:
         return sitk.ReadImage(path)

@@ -10,6 +10,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 from skimage.metrics import structural_similarity
 
+from rehrseg_nnunet.dataset_io import read_image
 from rehrseg_nnunet.errors import RehrsegInputError
 
 
@@ -93,8 +94,7 @@ def hd95(reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float]
         return float(np.sqrt(np.sum((np.asarray(reference.shape) * np.asarray(spacing, dtype=float)) ** 2)))
     # distances between surfaces do not depend on voxels outside both masks: crop to their joint bounding
     # box plus one empty voxel (keeps the image border "outside") before the distance transforms
-    corners = np.argwhere(reference | prediction)
-    box = tuple(slice(low, high + 1) for low, high in zip(corners.min(0), corners.max(0)))
+    box = ndimage.find_objects((reference | prediction).astype(np.uint8))[0]
     reference, prediction = np.pad(reference[box], 1), np.pad(prediction[box], 1)
     surface_reference, surface_prediction = surface(reference), surface(prediction)
     to_prediction = ndimage.distance_transform_edt(~surface_prediction, sampling=spacing)[surface_reference]
@@ -229,13 +229,13 @@ def evaluate_folders(reference_folder: str, prediction_folder: str, labels: dict
     if labels is None:
         values: set[int] = set()
         for case in tqdm(cases, desc="rehrseg_evaluate: label values", unit="case"):
-            values.update(int(v) for v in np.unique(_label_array(sitk.ReadImage(paths[case][0]))))
+            values.update(int(v) for v in np.unique(_label_array(read_image(paths[case][0]))))
         labels = {f"label_{v}": v for v in sorted(values - {0})}
     names = [n for n, v in labels.items() if v]
     per_case = []
     for case in tqdm(cases, desc="rehrseg_evaluate", unit="case"):
         reference_path, prediction_path = paths[case]
-        reference, prediction = sitk.ReadImage(reference_path), sitk.ReadImage(prediction_path)
+        reference, prediction = read_image(reference_path), read_image(prediction_path)
         if case in other:
             prediction = sitk.Resample(prediction, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
         reference_array = _label_array(reference)

@@ -21,6 +21,7 @@ import pickle
 import numpy as np
 from tqdm import tqdm
 
+from rehrseg_nnunet.dataset_io import write_json_atomically
 from rehrseg_nnunet.errors import RehrsegInputError
 
 PLANS_NAME = "REHRSegPlans"
@@ -204,9 +205,7 @@ def plan_dataset(dataset: str, source_plans: str = "nnUNetPlans", patch_size: li
     rehrseg_plans = make_rehrseg_plans(plans, dataset_json, patch_size, base_features, max_features, batch_size,
                                        teacher_channels, dataset_json_path)
     path = os.path.join(folder, PLANS_NAME + ".json")
-    with open(path + ".tmp", "w") as handle:
-        json.dump(rehrseg_plans, handle, indent=2)
-    os.replace(path + ".tmp", path)
+    write_json_atomically(path, rehrseg_plans)
     config = rehrseg_plans["configurations"]["3d_fullres"]
     data_folder = os.path.join(folder, config["data_identifier"])
     if config["data_identifier"] != plans["configurations"]["3d_fullres"]["data_identifier"] or not os.path.isdir(data_folder):

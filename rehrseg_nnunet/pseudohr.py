@@ -23,7 +23,8 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from rehrseg_nnunet import __version__
-from rehrseg_nnunet.dataset_io import RawCase, RawDataset, load_raw_dataset, raw_root, read_case
+from rehrseg_nnunet.dataset_io import (RawCase, RawDataset, load_raw_dataset, raw_root, read_case,
+                                      write_json_atomically)
 from rehrseg_nnunet.errors import RehrsegInputError
 from rehrseg_nnunet.qc import Panel, save_qc_png
 from rehrseg_nnunet.sr.config import SRConfig, final_checkpoint
@@ -202,10 +203,7 @@ def write_dataset_json(folder: str, source: RawDataset, config: SRConfig, model_
         "uncertainty_folders": ["uncertaintyTr"] + (["uncertaintyTs"] if source.test else []),
         "tool_version": __version__,
     }
-    path = os.path.join(folder, "dataset.json")
-    with open(path + f".{os.getpid()}.tmp", "w") as handle:
-        json.dump(dataset_json, handle, indent=2)
-    os.replace(path + f".{os.getpid()}.tmp", path)
+    write_json_atomically(os.path.join(folder, "dataset.json"), dataset_json)
 
 
 def make_pseudohr(source_dataset: str, target_id: int, model_folder: str | None = None, device: str | None = None,

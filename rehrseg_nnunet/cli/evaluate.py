@@ -7,6 +7,7 @@ import json
 import os
 
 from rehrseg_nnunet.cli.common import run_cli
+from rehrseg_nnunet.dataset_io import write_json_atomically
 from rehrseg_nnunet.errors import RehrsegInputError
 
 
@@ -64,14 +65,7 @@ def labels_and_ending(args: argparse.Namespace) -> tuple[dict[str, int] | None, 
 def write_json(summary: dict, output: str) -> None:
     """Write ``summary`` to ``output`` through a temporary file, so a failed run leaves no partial JSON."""
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    temporary = output + ".tmp"
-    try:
-        with open(temporary, "w") as handle:
-            json.dump(summary, handle, indent=2)
-        os.replace(temporary, output)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    write_json_atomically(output, summary)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -86,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         print(format_table(summary))
         print(f"summary: {output}")
 
-    run_cli("rehrseg_evaluate", body)
+    run_cli("rehrseg_evaluate", body, "run it again (nothing was written)")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
         make_pseudohr(args.dataset, args.target_id, args.model, args.device, args.part_id, args.num_parts,
                       args.num_processes, args.overwrite)
 
-    run_cli("rehrseg_make_pseudohr", body)
+    run_cli("rehrseg_make_pseudohr", body, "run it again: complete cases are skipped")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
                  parse_slice_axis(args.slice_axis), args.steps, args.seed, args.resume, args.init_flavr,
                  args.profile, args.save_every)
 
-    run_cli("rehrseg_train_sr", body)
+    run_cli("rehrseg_train_sr", body, "run it again with --continue to resume")
 
 
 if __name__ == "__main__":

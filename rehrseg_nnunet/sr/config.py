@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from rehrseg_nnunet import __version__
+from rehrseg_nnunet.dataset_io import write_json_atomically
 from rehrseg_nnunet.errors import RehrsegInputError
 
 STAGES = ("1a", "1b", "1c")
@@ -79,10 +80,7 @@ class SRConfig:
                 "refine_prior": True}
 
     def save(self, folder: str) -> None:
-        path = os.path.join(folder, CONFIG_FILE)
-        with open(path + ".tmp", "w") as handle:
-            json.dump(asdict(self), handle, indent=2)
-        os.replace(path + ".tmp", path)
+        write_json_atomically(os.path.join(folder, CONFIG_FILE), asdict(self))
 
     @classmethod
     def load(cls, folder: str) -> "SRConfig":

@@ -35,6 +35,11 @@ def label_indices(labels: np.ndarray, label_values: list[int]) -> np.ndarray:
     return np.searchsorted(np.asarray(label_values), labels).astype(np.int16)
 
 
+def class_index_dtype(num_classes: int) -> type:
+    """Smallest integer type for class indices 0..K-1 (a class map is HR-sized: its type is memory)."""
+    return np.uint8 if num_classes <= 256 else np.int16
+
+
 def network_input(image: np.ndarray, labels: np.ndarray | None, num_classes: int) -> np.ndarray:
     """Normalised image channels followed by one-hot labels (zeros when the label is unknown)."""
     if labels is None:
@@ -101,7 +106,7 @@ def slice_super_resolve(net: SliceInterpolationNet, volume: np.ndarray, device: 
     pad_a, pad_b = (-a) % 8, (-b) % 8
     offset = (r + 1) // 2
     image = np.zeros((c, s * r, a, b), dtype=np.float32)
-    classes = np.zeros((s * r, a, b), dtype=np.uint8 if net.num_classes <= 256 else np.int16)
+    classes = np.zeros((s * r, a, b), dtype=class_index_dtype(net.num_classes))
     uncertainty = np.zeros((s * r, a, b), dtype=np.float32)
     windows = list(range(-1, s))  # window k covers HR slices r*k + offset ... + r - 1
     for start in range(0, len(windows), batch_size):
@@ -215,7 +220,7 @@ class SuperResolver:
         volume = network_input((image - mean) / std, labels, self.config.num_classes)
         if isinstance(self.net, PlaneSRNet):
             hr, probabilities = plane_super_resolve(self.net, volume, self.device, 4 * self.batch_size)
-            classes = probabilities.argmax(axis=0).astype(np.int16)
+            classes = probabilities.argmax(axis=0).astype(class_index_dtype(len(probabilities)))
             uncertainty = 1.0 - probabilities.max(axis=0)  # no UASR head: 1 - winning probability
             del probabilities
         else:
