@@ -2,8 +2,12 @@
 
 The SR model sees only the simulated LR volumes and LR labels. Scores (inside the brain mask):
 PSNR/SSIM against the 1 mm truth for cubic B-spline interpolation and each SR stage; Dice of the
-pseudo-HR labels against the 1 mm labels next to nearest and linear label interpolation; Spearman
-correlation between the uncertainty map and |pseudo-HR - HR|; SR inference time and peak RSS.
+pseudo-HR labels against the 1 mm labels next to nearest and linear label interpolation; SR
+inference time and peak RSS. The uncertainty (stage 1c), per case and mean: the spread of the raw
+sigma (p99 - p1 over the volume, and inside the brain), the mean written uncertainty outside and
+inside the brain mask, its Spearman correlation with |pseudo-HR - HR| inside the mask, its AUROC for
+the pseudo-HR label errors (voxels whose pseudo-HR label differs from the 1 mm label, inside the
+mask) and for the top 10 % image errors, and its mean by position within each group of r HR slices.
 
     python benchmarks/sr_quality.py --data ../shared/data/brats2013_subset --device cpu
 
@@ -26,7 +30,7 @@ import SimpleITK as sitk
 from scipy.stats import spearmanr
 
 from rehrseg_nnunet.degradation import simulate_thick_slices
-from rehrseg_nnunet.evaluation import label_dice, linear_label_interpolation, psnr, resample_like, ssim
+from rehrseg_nnunet.evaluation import auroc, label_dice, linear_label_interpolation, psnr, resample_like, ssim
 from rehrseg_nnunet.geometry import Grid
 from rehrseg_nnunet.sr.infer import SuperResolver
 
@@ -53,6 +57,29 @@ def make_lr_dataset(data: str, raw_root: str, dataset_id: int = 901) -> tuple[st
         json.dump({"channel_names": {"0": "T1c"}, "labels": LABELS, "numTraining": len(cases),
                    "file_ending": ".nii.gz"}, handle, indent=2)
     return name, cases
+
+
+def uncertainty_scores(result, estimate: np.ndarray, truth: np.ndarray, truth_labels: np.ndarray, mask: np.ndarray,
+                       n: int) -> dict:
+    """How much the uncertainty map says: spread of sigma, background level, rank agreement with errors."""
+    uncertainty = sitk.GetArrayFromImage(result.uncertainty)[:n]
+    sigma = sitk.GetArrayFromImage(result.raw_uncertainty)[:n]
+    error = np.abs(estimate - truth)
+    label_error = sitk.GetArrayFromImage(result.label)[:n] != truth_labels
+    p1, p99 = np.percentile(sigma, (1, 99))
+    b1, b99 = np.percentile(sigma[mask], (1, 99))
+    edge = (error[mask] > np.percentile(error[mask], 90))
+    return {
+        "uncertainty_raw_spread": float(p99 - p1), "uncertainty_raw_spread_brain": float(b99 - b1),
+        "uncertainty_background_mean": float(uncertainty[~mask].mean()),
+        "uncertainty_brain_mean": float(uncertainty[mask].mean()),
+        "uncertainty_spearman": float(spearmanr(uncertainty[mask], error[mask]).statistic),
+        "uncertainty_label_error_auroc": auroc(uncertainty[mask], label_error[mask]),
+        "uncertainty_top_error_auroc": auroc(uncertainty[mask], edge),
+        "label_error_voxels": int(label_error[mask].sum()),
+        "uncertainty_by_slice_phase": [float(uncertainty[phase::SCALE_FACTOR][mask[phase::SCALE_FACTOR]].mean())
+                                       for phase in range(SCALE_FACTOR)],
+    }
 
 
 def evaluate(data: str, raw_folder: str, cases: list[str], model: str, device: str) -> dict:
@@ -85,9 +112,7 @@ def evaluate(data: str, raw_folder: str, cases: list[str], model: str, device: s
             scores[f"label_dice_{stage}"] = label_dice(truth_labels, sitk.GetArrayFromImage(result.label)[:n], LABELS)
             if stage == "1c":
                 sr_seconds.append(seconds)
-                uncertainty = sitk.GetArrayFromImage(result.uncertainty)[:n]
-                error = np.abs(estimate - truth)
-                scores["uncertainty_spearman"] = float(spearmanr(uncertainty[mask], error[mask]).statistic)
+                scores.update(uncertainty_scores(result, estimate, truth, truth_labels, mask, n))
         print(json.dumps(scores), flush=True)
         per_case.append(scores)
 
@@ -104,7 +129,9 @@ def evaluate(data: str, raw_folder: str, cases: list[str], model: str, device: s
         "label_dice_linear": mean("label_dice_linear", "foreground"),
         "label_dice_sr": mean("label_dice_1c", "foreground"),
         "label_dice_1a": mean("label_dice_1a", "foreground"), "label_dice_1b": mean("label_dice_1b", "foreground"),
-        "uncertainty_spearman": mean("uncertainty_spearman"),
+        **{key: mean(key) for key in ("uncertainty_spearman", "uncertainty_raw_spread", "uncertainty_raw_spread_brain",
+                                      "uncertainty_background_mean", "uncertainty_brain_mean",
+                                      "uncertainty_label_error_auroc", "uncertainty_top_error_auroc")},
         "sr_inference_seconds_per_volume": float(np.mean(sr_seconds)),
         "per_case": per_case,
     }
@@ -128,7 +155,9 @@ def main() -> None:
     env = dict(os.environ, nnUNet_raw=raw_root)
     train_seconds = None
     if not args.skip_training:
-        command = ["rehrseg_train_sr", "-d", name, "-o", model, "-device", args.device, "--preset", args.preset]
+        script = os.path.join(os.path.dirname(sys.executable), "rehrseg_train_sr")  # works without an activated venv
+        command = [script if os.path.isfile(script) else "rehrseg_train_sr", "-d", name, "-o", model,
+                   "-device", args.device, "--preset", args.preset]
         if args.steps:
             command += ["--steps", *map(str, args.steps)]
         if os.path.isdir(model):

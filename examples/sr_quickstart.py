@@ -91,7 +91,7 @@ def main() -> None:
         save_qc_png(os.path.join(out_folder, f"{case.identifier}_qc.png"), [
             Panel("LR (4 mm)", lr_image, lr_label), Panel("cubic", cubic_image),
             Panel("pseudo-HR", result.images[0], result.label),
-            Panel("uncertainty", result.uncertainty, cmap="magma"),
+            Panel("uncertainty", result.uncertainty, cmap="magma", value_range=(0.0, 1.0), colorbar=True),
             Panel("1 mm truth", sitk.Resample(case.hr_image, result.images[0]),
                   sitk.Resample(case.hr_label, result.images[0], sitk.Transform(), sitk.sitkNearestNeighbor)),
         ], slice_axis=2)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
+from scipy.stats import rankdata
 from skimage.metrics import structural_similarity
 
 from rehrseg_nnunet.dataset_io import read_image
@@ -27,6 +28,21 @@ def ssim(truth: np.ndarray, estimate: np.ndarray, mask: np.ndarray) -> float:
     _, full = structural_similarity(truth.astype(np.float32), estimate.astype(np.float32), data_range=data_range,
                                     full=True)
     return float(full[mask].mean())
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for the boolean ``positive`` (Mann-Whitney U, ties count half).
+
+    Returns NaN when one of the two classes is empty.
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    positive = np.asarray(positive, dtype=bool).ravel()
+    n_positive = int(positive.sum())
+    n_negative = positive.size - n_positive
+    if n_positive == 0 or n_negative == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - n_positive * (n_positive + 1) / 2) / (n_positive * n_negative))
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -159,7 +159,8 @@ def process_case(job: CaseJob, folder: str, file_ending: str, num_channels: int)
     temp_paths["qc"] = os.path.join(temp, "qc.png")
     panels = [Panel("LR", images[0], label),
               Panel("pseudo-HR", result.images[0], result.label if label is not None else None),
-              Panel("uncertainty", result.uncertainty, cmap="magma")]
+              Panel("uncertainty (fixed scale)", result.uncertainty, cmap="magma", value_range=(0.0, 1.0),
+                    colorbar=True)]
     save_qc_png(temp_paths["qc"], panels, slice_axis=_RESOLVER.config.slice_axis)
     for key in files:  # dict order: images, qc, uncertainty, then the label last
         os.makedirs(os.path.dirname(files[key]), exist_ok=True)

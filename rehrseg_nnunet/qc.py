@@ -14,6 +14,9 @@ class Panel:
     image: sitk.Image
     label: sitk.Image | None = None
     cmap: str = "gray"
+    #: fixed display range (e.g. (0, 1) for the uncertainty); None = the plane's 0.5-99.5 percentiles
+    value_range: tuple[float, float] | None = None
+    colorbar: bool = False
 
 
 def through_plane(image: sitk.Image, reference: sitk.Image, slice_axis: int, position: int) -> np.ndarray:
@@ -68,8 +71,14 @@ def save_qc_png(path: str, panels: list[Panel], slice_axis: int, position: int |
         ax.axis("off")
     for ax, panel in zip(axes.flat, panels):
         plane = through_plane(panel.image, reference, slice_axis, position)
-        low, high = np.percentile(plane, (0.5, 99.5))  # a few hot voxels must not wash out the view
-        ax.imshow(plane, cmap=panel.cmap, aspect=aspect, interpolation="nearest", vmin=low, vmax=max(high, low + 1e-6))
+        if panel.value_range is None:
+            low, high = np.percentile(plane, (0.5, 99.5))  # a few hot voxels must not wash out the view
+        else:
+            low, high = panel.value_range
+        shown = ax.imshow(plane, cmap=panel.cmap, aspect=aspect, interpolation="nearest", vmin=low,
+                          vmax=max(high, low + 1e-6))
+        if panel.colorbar:
+            figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
         if panel.label is not None:
             labels = through_plane(panel.label, reference, slice_axis, position)
             for value in np.unique(labels):

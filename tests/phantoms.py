@@ -31,13 +31,20 @@ def phantom_hr(shape=(48, 48, 48), seed=0, num_blobs=3):
 def write_thick_slice_dataset(raw_root: str, dataset_id: int = 501, name: str = "Phantom", num_cases: int = 2,
                               r: int = 4, shape=(48, 48, 48), channels: int = 1,
                               direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), origin=(0.0, 0.0, 0.0),
-                              file_ending: str = ".nii.gz") -> str:
-    """Write DatasetXXX_Name with thick slices (spacing r mm along z, 1 mm in-plane) and LR labels."""
+                              file_ending: str = ".nii.gz", background_margin: int = 0) -> str:
+    """Write DatasetXXX_Name with thick slices (spacing r mm along z, 1 mm in-plane) and LR labels.
+
+    ``background_margin`` > 0 sets that many voxels at each in-plane border to exactly 0 (a masked scan).
+    """
     folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name}")
     os.makedirs(os.path.join(folder, "imagesTr"), exist_ok=True)
     os.makedirs(os.path.join(folder, "labelsTr"), exist_ok=True)
     for case in range(num_cases):
         image, labels = phantom_hr(shape, seed=case)
+        if background_margin:
+            inside = np.zeros(shape, dtype=bool)
+            inside[:, background_margin:-background_margin, background_margin:-background_margin] = True
+            image[~inside], labels[~inside] = 0.0, 0
         hr = sitk.GetImageFromArray(image)
         hr.SetDirection(direction)
         hr.SetOrigin(origin)

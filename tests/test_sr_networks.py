@@ -31,14 +31,31 @@ def test_untrained_slice_net_is_the_interpolation_prior():
     np.testing.assert_array_equal(out[1:].argmax(0).numpy(), [1, 1, 0, 0])
 
 
-def test_uncertainty_head_starts_from_the_stage_1b_output():
+def test_uncertainty_head_starts_from_the_stage_1b_output_plus_noise():
     plain = SliceInterpolationNet(1, 2, 3, widths=(8, 8, 8, 8), blocks=(1, 1, 1, 1))
     torch.nn.init.normal_(plain.out.weight, std=0.05)
-    uasr = SliceInterpolationNet(1, 2, 3, widths=(8, 8, 8, 8), blocks=(1, 1, 1, 1), num_attention_maps=3)
-    uasr.load_state_dict({k: v for k, v in plain.state_dict().items() if not k.startswith("out.")}, strict=False)
-    uasr.init_uncertainty_head_from(plain.out)
-    frames = torch.randn(2, 3, 4, 16, 8)
-    torch.testing.assert_close(uasr(frames)["output"], plain(frames)["output"], atol=1e-5, rtol=1e-5)
+    uasr = SliceInterpolationNet(1, 2, 3, widths=(8, 8, 8, 8), blocks=(1, 1, 1, 1), num_attention_maps=16,
+                                 attention_kernel=1)
+    uasr.init_uncertainty_head_from(plain.out, torch.Generator().manual_seed(0))
+    heads = uasr.reconstructions.weight.detach().view(16, *plain.out.weight.shape)
+    noise = heads - plain.out.weight.detach()
+    # every head is 1b's layer plus its own noise of half 1b's weight spread (0.025)
+    assert 0.02 < float(noise.std()) < 0.03
+    assert float((noise[0] - noise[1]).abs().mean()) > 0.01
+    torch.testing.assert_close(heads.mean(0), plain.out.weight.detach(), atol=0.03, rtol=0)
+    torch.testing.assert_close(uasr.reconstructions.bias.view(16, -1), plain.out.bias.detach().repeat(16, 1))
+    assert uasr.attention.kernel_size == (1, 1)
+
+
+def test_sigma_starts_near_a_typical_error_and_can_span_it():
+    net = SliceInterpolationNet(1, 2, 4, widths=(8, 8, 8, 8), blocks=(1, 1, 1, 1), num_attention_maps=4)
+    sigma = net(torch.randn(2, 3, 4, 16, 16))["uncertainty"].detach()
+    assert 0.01 < float(sigma.median()) < 0.2
+    # attending one head alone moves sigma's logit by its weight: -2 ... 2 around logit(0.05)
+    w = net.uncertainty.weight.detach().flatten()
+    b = float(net.uncertainty.bias.detach())
+    lowest, highest = torch.sigmoid(b + w.min()), torch.sigmoid(b + w.max())
+    assert float(lowest) < 0.01 and float(highest) > 0.25
 
 
 def flavr_state_dict(in_channels=3, n_outputs=3):

@@ -24,9 +24,26 @@ def test_training_writes_config_checkpoints_and_log(trained_sr_model):
     assert config["steps"] == {"1a": 4, "1b": 4, "1c": 4} and len(config["fingerprint"]) == 16
     for stage in ("1a", "1b", "1c"):
         assert os.path.isfile(os.path.join(model, f"stage_{stage}", "checkpoint_final.pth"))
+    assert 0 < config["uncertainty_scale"] < 1  # sigma's 99th percentile on training pairs, written as 1
     log = open(os.path.join(model, "training_log.txt")).read()
-    assert "stage 1c: finished 4 steps" in log and "SR model complete" in log
+    assert "stage 1c: finished 4 steps" in log and "SR model complete" in log and "uncertainty scale" in log
     assert "SR stage 1a" in trained_sr_model["stderr"]  # progress bar
+
+
+def test_attention_maps_option_sets_m_and_is_checked_on_continue(tmp_path):
+    raw = tmp_path / "raw"
+    write_thick_slice_dataset(str(raw), dataset_id=503, num_cases=1, shape=(32, 32, 32))
+    model = str(tmp_path / "model")
+    env = {"nnUNet_raw": str(raw)}
+    result = run_script("rehrseg_train_sr", ["-d", "503", "-o", model, "--steps", "2", "--attention-maps", "3"], env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    import torch
+    checkpoint = torch.load(os.path.join(model, "stage_1c", "checkpoint_final.pth"), weights_only=False)
+    assert checkpoint["network_kwargs"]["num_attention_maps"] == 3
+    assert checkpoint["model"]["uncertainty.weight"].shape[1] == 3
+    result = run_script("rehrseg_train_sr", ["-d", "503", "-o", model, "--steps", "2", "--continue"], env)
+    assert result.returncode != 0 and "settings" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_second_run_without_continue_is_refused(trained_sr_model):

@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="x, y or z (SimpleITK index order); default: the axis with the largest spacing")
     parser.add_argument("--steps", type=int, nargs="+", default=None,
                         help="training steps of stages 1a 1b 1c (one value for all stages)")
+    parser.add_argument("--attention-maps", type=int, default=None, metavar="M",
+                        help="M, the number of reconstructions/attention maps of the uncertainty head "
+                             "(default: the preset's, small 4, paper 16)")
     parser.add_argument("--seed", type=int, default=12345)
     parser.add_argument("--continue", dest="resume", action="store_true",
                         help="resume an interrupted training from its last checkpoint")
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         from rehrseg_nnunet.sr.train import train_sr
         train_sr(args.dataset, args.output, args.device, args.preset, args.scale_factor,
                  parse_slice_axis(args.slice_axis), args.steps, args.seed, args.resume, args.init_flavr,
-                 args.profile, args.save_every)
+                 args.profile, args.save_every, attention_maps=args.attention_maps)
 
     run_cli("rehrseg_train_sr", body, "run it again with --continue to resume")
 

@@ -17,12 +17,13 @@ CONFIG_FILE = "config.json"
 
 #: Network sizes and training settings. "small" trains on 2 CPU cores in minutes; "paper" is the
 #: authors' setting (WDSR 16 blocks x 32 features, 96x96 patches, batch 32, 8.32 M patches in
-#: stage 1a = 260 000 steps; FLAVR ResNet-18 widths; 20 000 UASR fine-tuning steps).
+#: stage 1a = 260 000 steps; FLAVR ResNet-18 widths; 20 000 UASR fine-tuning steps; M = 16 attention maps
+#: from a 1x1 conv). ``learning_rate`` is one number or one per stage.
 PRESETS: dict[str, dict] = {
     "small": {
         "plane_net": {"features": 24, "num_blocks": 4, "expansion": 3},
         "slice_net": {"widths": [16, 24, 32, 48], "blocks": [1, 1, 1, 1]},
-        "num_attention_maps": 4,
+        "num_attention_maps": 4,  # attention conv 7x7 (the default of ``attention_kernel``)
         "steps": {"1a": 2000, "1b": 500, "1c": 1500},
         "batch_size": {"1a": 16, "1b": 4, "1c": 4},
         "patch_size": {"1a": 64, "1b": 64, "1c": 64},
@@ -31,7 +32,8 @@ PRESETS: dict[str, dict] = {
     "paper": {
         "plane_net": {"features": 32, "num_blocks": 16, "expansion": 4},
         "slice_net": {"widths": [64, 128, 256, 512], "blocks": [2, 2, 2, 2]},
-        "num_attention_maps": 4,
+        "num_attention_maps": 16,
+        "attention_kernel": 1,
         "steps": {"1a": 260000, "1b": 50000, "1c": 20000},
         "batch_size": {"1a": 32, "1b": 8, "1c": 8},
         "patch_size": {"1a": 96, "1b": 96, "1c": 96},
@@ -58,6 +60,8 @@ class SRConfig:
     steps: dict
     seed: int
     settings: dict = field(default_factory=dict)
+    #: sigma written as uncertainty 1 (u = min(sigma / scale, 1)); set when stage 1c has finished
+    uncertainty_scale: float | None = None
     version: str = __version__
 
     @property
@@ -77,7 +81,7 @@ class SRConfig:
                 "scale_factor": self.scale_factor, "widths": tuple(self.settings["slice_net"]["widths"]),
                 "blocks": tuple(self.settings["slice_net"]["blocks"]),
                 "num_attention_maps": self.settings["num_attention_maps"] if uncertainty_head else 0,
-                "refine_prior": True}
+                "attention_kernel": self.settings.get("attention_kernel", 7), "refine_prior": True}
 
     def save(self, folder: str) -> None:
         write_json_atomically(os.path.join(folder, CONFIG_FILE), asdict(self))

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from rehrseg_nnunet.dataset_io import case_arrays, from_slice_first
 from rehrseg_nnunet.errors import RehrsegInputError
 from rehrseg_nnunet.geometry import AXIS_NAMES, Grid
+from rehrseg_nnunet.sr.background import restore_source_intensities
 from rehrseg_nnunet.sr.config import SRConfig, final_checkpoint, select_device
 from rehrseg_nnunet.sr.networks import NUM_FRAMES, PlaneSRNet, SliceInterpolationNet
 from rehrseg_nnunet.sr.pairs import one_hot
@@ -157,12 +158,30 @@ def load_stage_network(model_folder: str, stage: str, device: torch.device) -> t
 
 
 @dataclass
+class SRVolume:
+    """SR output as slice-first arrays.
+
+    Attributes:
+        image: (C, S*r, A, B) in scanner units, the source's background and range kept.
+        classes: (S*r, A, B) class indices.
+        uncertainty: (S*r, A, B) on the model's fixed scale, min(sigma / uncertainty_scale, 1), 0 in background.
+        raw_uncertainty: (S*r, A, B) the network's sigma (1 - winning probability without a UASR head).
+    """
+
+    image: np.ndarray
+    classes: np.ndarray
+    uncertainty: np.ndarray
+    raw_uncertainty: np.ndarray
+
+
+@dataclass
 class PseudoHR:
-    """SR output on the HR grid: one image per channel, the label map and the uncertainty in [0, 1]."""
+    """SR output on the HR grid: one image per channel, the label map, the uncertainty in [0, 1] and sigma."""
 
     images: list[sitk.Image]
     label: sitk.Image
     uncertainty: sitk.Image
+    raw_uncertainty: sitk.Image | None = None
 
 
 class SuperResolver:
@@ -189,6 +208,11 @@ class SuperResolver:
             stage = finished[0]
         self.stage = stage
         self.net = load_stage_network(model_folder, stage, self.device)
+        if self.has_uncertainty_head and self.config.uncertainty_scale is None:
+            raise RehrsegInputError(
+                f"{model_folder}/config.json has no uncertainty_scale: stage 1c was not calibrated; run "
+                f"rehrseg_train_sr --continue with the same options (a model from an older version must be retrained)."
+            )
         refines = getattr(self.net, "refine_prior", False)
         self.plane_net = load_stage_network(model_folder, "1a", self.device) if refines else None
         self.batch_size = batch_size
@@ -210,33 +234,35 @@ class SuperResolver:
                 f"{cfg.lr_spacing[cfg.slice_axis]:.3g} mm along {AXIS_NAMES[cfg.slice_axis]}; use a model trained for this geometry."
             )
 
-    def volume(self, image: np.ndarray, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """SR of slice-first arrays: image (C, S, A, B) in scanner units, labels (S, A, B) as class indices.
+    @property
+    def has_uncertainty_head(self) -> bool:
+        return bool(getattr(self.net, "num_attention_maps", 0))
 
-        Returns:
-            (image (C, S*r, A, B) in scanner units, class indices (S*r, A, B), uncertainty in [0, 1] (S*r, A, B)).
-        """
+    def volume(self, image: np.ndarray, labels: np.ndarray | None) -> SRVolume:
+        """SR of slice-first arrays: image (C, S, A, B) in scanner units, labels (S, A, B) as class indices."""
         mean, std = normalisation(image)
         volume = network_input((image - mean) / std, labels, self.config.num_classes)
         if isinstance(self.net, PlaneSRNet):
             hr, probabilities = plane_super_resolve(self.net, volume, self.device, 4 * self.batch_size)
             classes = probabilities.argmax(axis=0).astype(class_index_dtype(len(probabilities)))
-            uncertainty = 1.0 - probabilities.max(axis=0)  # no UASR head: 1 - winning probability
+            raw = 1.0 - probabilities.max(axis=0)  # no UASR head: 1 - winning probability
             del probabilities
         else:
             prior = None
             if self.plane_net is not None:
                 prior = plane_estimate(self.plane_net, volume, self.device, 4 * self.batch_size, np.float16)
-            hr, classes, uncertainty = slice_super_resolve(self.net, volume, self.device, self.batch_size, prior)
+            hr, classes, raw = slice_super_resolve(self.net, volume, self.device, self.batch_size, prior)
             del prior
+        del volume
         # in place: each HR-sized temporary would add a volume to the peak memory
-        low, high = float(uncertainty.min()), float(uncertainty.max())
-        uncertainty -= low
-        if high > low:
-            uncertainty /= high - low
         hr *= std
         hr += mean
-        return hr, classes, uncertainty.astype(np.float32, copy=False)
+        background = restore_source_intensities(hr, image, self.config.scale_factor)
+        scale = self.config.uncertainty_scale if self.has_uncertainty_head else 1.0
+        uncertainty = np.clip(raw / scale, 0.0, 1.0).astype(np.float32, copy=False)
+        if background is not None:
+            uncertainty[background] = 0.0  # the source's exact background is copied, not estimated
+        return SRVolume(hr, classes, uncertainty, raw)
 
     def __call__(self, images: list[sitk.Image], label: sitk.Image | None = None, source: str = "the case") -> PseudoHR:
         """Super-resolve one case given as SimpleITK images (label optional: without it the label is inferred)."""
@@ -245,11 +271,13 @@ class SuperResolver:
         image, labels = case_arrays(images, label, cfg.slice_axis)
         if labels is not None:
             labels = label_indices(labels, cfg.label_values)
-        hr, classes, uncertainty = self.volume(image, labels)
+        result = self.volume(image, labels)
         hr_grid = Grid.from_image(images[0]).refine(cfg.slice_axis, cfg.scale_factor)
+
+        def to_image(array: np.ndarray) -> sitk.Image:
+            return hr_grid.image_from_array(from_slice_first(array, cfg.slice_axis))
+
         values = np.asarray(cfg.label_values, dtype=np.uint8 if max(cfg.label_values) < 256 else np.int16)
-        label = hr_grid.image_from_array(from_slice_first(values[classes], cfg.slice_axis))
-        del classes
-        out_images = [hr_grid.image_from_array(from_slice_first(hr[channel], cfg.slice_axis)) for channel in range(len(images))]
-        del hr
-        return PseudoHR(out_images, label, hr_grid.image_from_array(from_slice_first(uncertainty, cfg.slice_axis)))
+        label = to_image(values[result.classes])
+        out_images = [to_image(result.image[channel]) for channel in range(len(images))]
+        return PseudoHR(out_images, label, to_image(result.uncertainty), to_image(result.raw_uncertainty))

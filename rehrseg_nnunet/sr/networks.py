@@ -16,6 +16,8 @@ channels (input) or label logits (output).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,6 +26,8 @@ from torch.nn.utils.parametrizations import weight_norm
 #: Logit scale of the label prior: softmax(LABEL_PRIOR_SCALE * p) has the argmax of p.
 LABEL_PRIOR_SCALE = 6.0
 NUM_FRAMES = 4
+#: sigma of the UASR head before training (a typical per-voxel error of a normalised image, ~0.05).
+INITIAL_SIGMA = 0.05
 
 
 def shuffle_first_axis(x: torch.Tensor, channels: int, scale_factor: int) -> torch.Tensor:
@@ -164,6 +168,7 @@ class SliceInterpolationNet(nn.Module):
         widths: encoder widths (authors / FLAVR: 64, 128, 256, 512).
         blocks: residual blocks per encoder stage (FLAVR ResNet-18: 2, 2, 2, 2).
         num_attention_maps: M of the UASR head; 0 = plain output head (stage 1b).
+        attention_kernel: in-plane kernel of the attention conv (authors: 1).
         refine_prior: when True, ``forward`` takes the stage 1a estimate of the r HR slices as a
             prior: the network sees it at full resolution and predicts a residual on top of it.
             When False the prior is cubic interpolation of the frames.
@@ -176,7 +181,7 @@ class SliceInterpolationNet(nn.Module):
     def __init__(self, image_channels: int, num_classes: int, scale_factor: int,
                  widths: tuple[int, int, int, int] = (64, 128, 256, 512),
                  blocks: tuple[int, int, int, int] = (2, 2, 2, 2), num_attention_maps: int = 0,
-                 refine_prior: bool = False):
+                 refine_prior: bool = False, attention_kernel: int = 7):
         super().__init__()
         self.refine_prior = refine_prior
         self.image_channels = image_channels
@@ -201,8 +206,10 @@ class SliceInterpolationNet(nn.Module):
         if num_attention_maps:
             self.reconstructions = nn.Conv2d(w0, num_attention_maps * channels * scale_factor, 7, padding=3,
                                              padding_mode="reflect")
-            self.attention = nn.Conv2d(w0, num_attention_maps * scale_factor, 7, padding=3, padding_mode="reflect")
+            self.attention = nn.Conv2d(w0, num_attention_maps * scale_factor, attention_kernel,
+                                       padding=attention_kernel // 2, padding_mode="reflect")
             self.uncertainty = nn.Conv3d(num_attention_maps, 1, 1)
+            self._init_uncertainty_scale()
             head = self.reconstructions
         else:
             self.out = nn.Conv2d(w0, channels * scale_factor, 7, padding=3, padding_mode="reflect")
@@ -228,12 +235,33 @@ class SliceInterpolationNet(nn.Module):
         linear = (1 - f) * labels[:, :, 1:2] + f * labels[:, :, 2:3]
         return torch.cat([cubic, label_prior(linear)], 1)
 
-    def init_uncertainty_head_from(self, plain_head: nn.Conv2d) -> None:
-        """Stage 1c starts from stage 1b: every one of the M reconstructions copies 1b's output layer."""
+    def _init_uncertainty_scale(self) -> None:
+        """Start sigma near a typical reconstruction error, with room to move by attention alone.
+
+        sigma = sigmoid(b + sum_m w_m a_m) with softmax attention a: a voxel attending head m gets
+        logit b + w_m. Spreading w over [-2, 2] around b = logit(INITIAL_SIGMA) lets sigma span about
+        0.007-0.3 from the first step; PyTorch's default init (|w| < 1/sqrt(M), random b) starts near
+        0.4 for every voxel, a logit ~3 away from the errors, which Adam cannot cover in a short stage.
+        """
         m = self.num_attention_maps
         with torch.no_grad():
-            self.reconstructions.weight.copy_(plain_head.weight.repeat(m, 1, 1, 1))
-            self.reconstructions.bias.copy_(plain_head.bias.repeat(m))
+            self.uncertainty.weight.copy_(torch.linspace(-2.0, 2.0, m).view(1, m, 1, 1, 1))
+            self.uncertainty.bias.fill_(math.log(INITIAL_SIGMA / (1 - INITIAL_SIGMA)))
+
+    def init_uncertainty_head_from(self, plain_head: nn.Conv2d, generator: torch.Generator | None = None) -> None:
+        """Stage 1c starts from stage 1b: each of the M reconstructions is 1b's output layer plus noise.
+
+        Identical copies would make the attention-weighted sum independent of the attention, so the
+        reconstruction loss would give the attention (sigma's only input) no signal; the noise (half
+        the spread of 1b's weights) breaks that symmetry from the first step.
+        """
+        m = self.num_attention_maps
+        weight = plain_head.weight.detach().repeat(m, 1, 1, 1)
+        scale = 0.5 * float(plain_head.weight.detach().std()) or 1e-3
+        noise = torch.randn(weight.shape, generator=generator) * scale
+        with torch.no_grad():
+            self.reconstructions.weight.copy_(weight + noise.to(weight))
+            self.reconstructions.bias.copy_(plain_head.bias.detach().repeat(m))
 
     def encode(self, frames: torch.Tensor) -> list[torch.Tensor]:
         return self.encoder(frames)
@@ -268,6 +296,11 @@ class SliceInterpolationNet(nn.Module):
         output = prior + (attention * recon).sum(1)
         uncertainty = torch.sigmoid(self.uncertainty(attention[:, :, 0]))
         return {"output": output, "uncertainty": uncertainty}
+
+
+def uncertainty_parameter_prefixes() -> tuple[str, ...]:
+    """The layers that map features to sigma (trained at a higher learning rate in stage 1c)."""
+    return ("attention.", "uncertainty.")
 
 
 def head_parameter_prefixes(num_attention_maps: int) -> tuple[str, ...]:

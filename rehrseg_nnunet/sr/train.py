@@ -26,8 +26,18 @@ from rehrseg_nnunet.sr.config import (PRESETS, STAGES, SRConfig, atomic_save, fi
 from rehrseg_nnunet.sr.flavr import load_flavr_weights, read_flavr_checkpoint
 from rehrseg_nnunet.sr.infer import (label_indices, load_stage_network, network_input, normalisation,
                                      plane_estimate, plane_super_resolve)
-from rehrseg_nnunet.sr.networks import PlaneSRNet, SliceInterpolationNet, head_parameter_prefixes
+from rehrseg_nnunet.sr.networks import (PlaneSRNet, SliceInterpolationNet, head_parameter_prefixes,
+                                        uncertainty_parameter_prefixes)
 from rehrseg_nnunet.sr.pairs import DegradedVolume, FramePairSampler, PlanePairSampler
+
+
+#: Lower bound of sigma in the UASR loss (normalised intensity units): errors below 1 % of the
+#: image's standard deviation are noise, and a smaller floor lets e / sigma weigh background x1000.
+SIGMA_FLOOR = 0.01
+#: The attention and sigma layers learn at this multiple of the stage learning rate: sigma must move
+#: several logits in a stage of a few thousand steps, and Adam moves a parameter ~lr per step.
+UNCERTAINTY_LR_FACTOR = 10.0
+UNCERTAINTY_CALIBRATION_BATCHES = 32
 
 
 @dataclass
@@ -70,14 +80,18 @@ def sr_loss(output: torch.Tensor, image: torch.Tensor, labels: torch.Tensor, kno
             image_channels: int, uncertainty: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """L1 on the image, CE + Dice on the label channels (samples with known labels), UASR terms if given.
 
-    UASR (METHOD.md 1c): ``mean(|y_hat - y| / sigma + log sigma) + L1(sigma, |y_hat - y|.detach())``.
+    UASR (METHOD.md 1c): ``mean(e / sigma + log sigma) + L1(sigma, e.detach())`` with the per-voxel
+    error e of the joint image + label reconstruction: the mean |image error| (normalised units) plus,
+    where the label is known, the probability given to a wrong class (1 - p_true, detached so the
+    label channels keep their own loss). Without the label part sigma would only see intensity
+    edges, while stage 2 uses it to down-weight uncertain *labels*.
     """
     error = (output[:, :image_channels] - image).abs()
     loss = error.mean()
     parts = {"l1": float(loss.detach())}
     logits = output[:, image_channels:]
-    if known.sum() > 0:
-        chosen = known > 0
+    chosen = known > 0
+    if chosen.any():
         label_logits, label_target = logits[chosen], labels[chosen]
         ce = F.cross_entropy(label_logits, label_target)
         probabilities = torch.softmax(label_logits, 1)
@@ -90,12 +104,33 @@ def sr_loss(output: torch.Tensor, image: torch.Tensor, labels: torch.Tensor, kno
         loss = loss + ce + dice_loss
         parts["label"] = float((ce + dice_loss).detach())
     if uncertainty is not None:
-        sigma = uncertainty.clamp_min(1e-3)
+        sigma = uncertainty.clamp_min(SIGMA_FLOOR)
         err = error.mean(1, keepdim=True)
+        if chosen.any():
+            p_true = torch.softmax(logits.detach(), 1).gather(1, labels.unsqueeze(1))
+            err = err + (1 - p_true) * chosen.view((-1,) + (1,) * (err.ndim - 1))
         uasr = (err / sigma + torch.log(sigma)).mean() + (sigma - err.detach()).abs().mean()
         loss = loss + uasr
         parts["uasr"] = float(uasr.detach())
+        parts["sigma"] = float(uncertainty.detach().mean())
     return loss, parts
+
+
+@torch.no_grad()
+def calibrate_uncertainty_scale(net: SliceInterpolationNet, sampler, seed: int, device: torch.device,
+                                batch_size: int, batches: int = UNCERTAINTY_CALIBRATION_BATCHES) -> float:
+    """The written uncertainty's fixed scale: the 99th percentile of sigma over training pairs.
+
+    u = min(sigma / scale, 1) then reads the same for every case (no per-volume stretching): u = 1
+    marks the 1 % most uncertain voxels the model saw in training. Deterministic (fixed seed).
+    """
+    net.eval()
+    values = []
+    for index in range(batches):
+        rng = np.random.default_rng((seed, 99, index))
+        frames, prior, *_ = [torch.from_numpy(a).to(device) for a in sampler.sample(rng, batch_size)]
+        values.append(net(frames, prior)["uncertainty"].flatten().float().cpu())
+    return float(torch.quantile(torch.cat(values)[:: 7], 0.99))
 
 
 class StageTrainer:
@@ -116,13 +151,17 @@ class StageTrainer:
 
     def __init__(self, model_folder: str, stage: str, net: torch.nn.Module, network: str, network_kwargs: dict,
                  sampler, steps: int, batch_size: int, learning_rate: float, device: torch.device, seed: int,
-                 save_every: int, log):
+                 save_every: int, log, fast_prefixes: tuple[str, ...] = ()):
         self.model_folder, self.stage, self.net = model_folder, stage, net.to(device)
         self.network, self.network_kwargs = network, network_kwargs
         self.sampler, self.steps, self.batch_size = sampler, steps, batch_size
         self.device, self.seed, self.save_every, self.log = device, seed, max(1, save_every), log
-        self.optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate, betas=(0.9, 0.99))
-        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=learning_rate, total_steps=steps)
+        fast = [p for n, p in net.named_parameters() if fast_prefixes and n.startswith(fast_prefixes)]
+        slow = [p for n, p in net.named_parameters() if not (fast_prefixes and n.startswith(fast_prefixes))]
+        groups = [{"params": slow}] + ([{"params": fast}] if fast else [])
+        rates = [learning_rate] + ([learning_rate * UNCERTAINTY_LR_FACTOR] if fast else [])
+        self.optimizer = torch.optim.Adam(groups, lr=learning_rate, betas=(0.9, 0.99))
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=rates, total_steps=steps)
         self.step = 0
 
     def _checkpoint(self) -> dict:
@@ -176,6 +215,24 @@ class StageTrainer:
         seconds = time.time() - started
         self.log(f"stage {self.stage}: finished {self.steps} steps ({self.step - start_step} in this run, "
                  f"{seconds:.1f} s), final loss {running if running is not None else float('nan'):.4f}")
+
+
+def stage_learning_rate(settings: dict, stage: str) -> float:
+    """A preset's learning rate for one stage (one number for all stages, or one per stage)."""
+    rate = settings["learning_rate"]
+    return float(rate[stage] if isinstance(rate, dict) else rate)
+
+
+def start_uncertainty_head_from_1b(net: SliceInterpolationNet, model_folder: str, num_attention_maps: int,
+                                   seed: int) -> None:
+    """Stage 1c starts from stage 1b (METHOD.md 1c): the body is copied, the M reconstructions start as
+    1b's output layer with a little noise each, the attention and sigma layers start fresh."""
+    previous = load_stage_network(model_folder, "1b", torch.device("cpu"))
+    skip = head_parameter_prefixes(0)
+    body = {k: v for k, v in previous.state_dict().items() if not k.startswith(skip)}
+    missing = net.load_state_dict(body, strict=False).missing_keys
+    assert all(k.startswith(head_parameter_prefixes(num_attention_maps)) for k in missing)
+    net.init_uncertainty_head_from(previous.out, torch.Generator().manual_seed(seed))
 
 
 def plane_loss(image_channels: int):
@@ -253,7 +310,7 @@ def attach_stage_1a_priors(model_folder: str, identifiers: list[str], volumes: l
 def train_sr(dataset: str, output: str | None = None, device: str | None = None, preset: str = "small",
              scale_factor: int | None = None, slice_axis: int | None = None, steps: list[int] | None = None,
              seed: int = 12345, resume: bool = False, init_flavr: str | None = None, profile: str = "gaussian",
-             save_every: int = 100) -> str:
+             save_every: int = 100, attention_maps: int | None = None) -> str:
     """Train the self-SR model of a raw dataset. Returns the model folder.
 
     Args:
@@ -268,10 +325,15 @@ def train_sr(dataset: str, output: str | None = None, device: str | None = None,
         init_flavr: FLAVR checkpoint to initialise the stage 1b network.
         profile: slice profile used to simulate thick slices (``gaussian`` or ``box``).
         save_every: checkpoint interval in steps.
+        attention_maps: M of the uncertainty head (default: the preset's).
     """
     if preset not in PRESETS:
         raise RehrsegInputError(f"Preset '{preset}' is unknown; use one of {sorted(PRESETS)}.")
-    settings = PRESETS[preset]
+    settings = dict(PRESETS[preset])
+    if attention_maps is not None:
+        if not 2 <= attention_maps <= 64:
+            raise RehrsegInputError(f"--attention-maps {attention_maps} is out of range; use M between 2 and 64.")
+        settings["num_attention_maps"] = attention_maps
     raw = load_raw_dataset(dataset)
     torch_device = select_device(device)
     flavr_state = read_flavr_checkpoint(init_flavr) if init_flavr else None
@@ -297,12 +359,14 @@ def train_sr(dataset: str, output: str | None = None, device: str | None = None,
         )
     if existing:
         previous = SRConfig.load(model_folder)
-        for key in ("fingerprint", "slice_axis", "scale_factor", "preset", "label_values", "profile", "steps", "seed"):
+        for key in ("fingerprint", "slice_axis", "scale_factor", "preset", "label_values", "profile", "steps", "seed",
+                    "settings"):
             if getattr(previous, key) != getattr(config, key):
                 raise RehrsegInputError(
                     f"{os.path.join(model_folder, 'config.json')} has {key}={getattr(previous, key)} but this run has "
                     f"{getattr(config, key)}; continue with the same data and options or use another -o."
                 )
+        config.uncertainty_scale = previous.uncertainty_scale
     os.makedirs(model_folder, exist_ok=True)
     config.save(model_folder)
     log_path = os.path.join(model_folder, "training_log.txt")
@@ -321,39 +385,42 @@ def train_sr(dataset: str, output: str | None = None, device: str | None = None,
     if not os.path.isfile(final_checkpoint(model_folder, "1a")):
         volumes = [DegradedVolume.build(case.image, case.labels, r, fwhm, profile) for case in cases]
         kwargs = config.plane_net_kwargs()
+        torch.manual_seed(seed)
         net = PlaneSRNet(**kwargs)
         trainer = StageTrainer(model_folder, "1a", net, "plane", kwargs,
                                PlanePairSampler(volumes, config.num_classes, r, settings["patch_size"]["1a"]),
-                               stage_steps["1a"], settings["batch_size"]["1a"], settings["learning_rate"],
+                               stage_steps["1a"], settings["batch_size"]["1a"], stage_learning_rate(settings, "1a"),
                                torch_device, seed, save_every, log)
         if resume:
             trainer.resume()
         trainer.run(plane_loss(c))
 
     pending = [s for s in ("1b", "1c") if not os.path.isfile(final_checkpoint(model_folder, s))]
-    if pending:
+    if pending or config.uncertainty_scale is None:
         pseudo = pseudohr_training_volumes(model_folder, cases, config, torch_device, log)
         volumes = [DegradedVolume.build(image, labels, r, fwhm, profile) for image, labels in pseudo]
         attach_stage_1a_priors(model_folder, [case.identifier for case in cases], volumes, config, torch_device)
         for stage in pending:
             kwargs = config.slice_net_kwargs(uncertainty_head=stage == "1c")
+            torch.manual_seed(seed + STAGES.index(stage))
             net = SliceInterpolationNet(**kwargs)
             if stage == "1b" and flavr_state is not None:
                 log(load_flavr_weights(net, flavr_state).summary())
             if stage == "1c":
-                # start from stage 1b (METHOD.md 1c); each of the M reconstructions starts as 1b's output layer
-                previous = load_stage_network(model_folder, "1b", torch.device("cpu"))
-                skip = head_parameter_prefixes(0)
-                body = {k: v for k, v in previous.state_dict().items() if not k.startswith(skip)}
-                missing = net.load_state_dict(body, strict=False).missing_keys
-                assert all(k.startswith(head_parameter_prefixes(kwargs["num_attention_maps"])) for k in missing)
-                net.init_uncertainty_head_from(previous.out)
+                start_uncertainty_head_from_1b(net, model_folder, kwargs["num_attention_maps"], seed)
             sampler = FramePairSampler(volumes, config.num_classes, r, settings["patch_size"][stage])
             trainer = StageTrainer(model_folder, stage, net, "slice", kwargs, sampler, stage_steps[stage],
-                                   settings["batch_size"][stage], settings["learning_rate"], torch_device, seed,
-                                   save_every, log)
+                                   settings["batch_size"][stage], stage_learning_rate(settings, stage), torch_device,
+                                   seed, save_every, log,
+                                   fast_prefixes=uncertainty_parameter_prefixes() if stage == "1c" else ())
             if resume:
                 trainer.resume()
             trainer.run(slice_loss(c))
+        net = load_stage_network(model_folder, "1c", torch_device)
+        sampler = FramePairSampler(volumes, config.num_classes, r, settings["patch_size"]["1c"])
+        config.uncertainty_scale = calibrate_uncertainty_scale(net, sampler, seed, torch_device,
+                                                               settings["batch_size"]["1c"])
+        config.save(model_folder)
+        log(f"uncertainty scale: sigma {config.uncertainty_scale:.4f} is written as 1 (99th percentile on training pairs)")
     log(f"SR model complete in {model_folder}")
     return model_folder
