@@ -70,7 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="demo_output", help="folder for nnUNet_raw/_preprocessed/_results and outputs")
     parser.add_argument("-device", default="cpu", choices=["cpu", "cuda", "mps"])
-    parser.add_argument("--sr-steps", type=int, nargs=3, default=[600, 150, 300], help="SR training steps of 1a 1b 1c")
+    parser.add_argument("--sr-steps", type=int, nargs=3, default=[600, 150, 600], help="SR training steps of 1a 1b 1c")
     parser.add_argument("-tr", dest="trainer", default=TRAINER, help=f"REHRSeg trainer (default {TRAINER})")
     args = parser.parse_args()
     work = os.path.abspath(args.work)
