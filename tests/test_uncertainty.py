@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from phantoms import phantom_hr, write_thick_slice_dataset
 from rehrseg_nnunet.degradation import simulate_thick_slices
-from rehrseg_nnunet.sr.config import SRConfig, final_checkpoint
+from rehrseg_nnunet.sr.config import SRConfig
 from rehrseg_nnunet.sr.infer import SuperResolver, load_stage_network
 from rehrseg_nnunet.sr.train import train_sr
 
