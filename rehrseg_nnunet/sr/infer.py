@@ -278,6 +278,11 @@ class SuperResolver:
             return hr_grid.image_from_array(from_slice_first(array, cfg.slice_axis))
 
         values = np.asarray(cfg.label_values, dtype=np.uint8 if max(cfg.label_values) < 256 else np.int16)
+        # each array is dropped once converted: HR volumes are the peak memory of rehrseg_make_pseudohr
         label = to_image(values[result.classes])
+        result.classes = None
         out_images = [to_image(result.image[channel]) for channel in range(len(images))]
-        return PseudoHR(out_images, label, to_image(result.uncertainty), to_image(result.raw_uncertainty))
+        result.image = None
+        uncertainty = to_image(result.uncertainty)
+        result.uncertainty = None
+        return PseudoHR(out_images, label, uncertainty, to_image(result.raw_uncertainty))

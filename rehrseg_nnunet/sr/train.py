@@ -156,8 +156,9 @@ class StageTrainer:
         self.network, self.network_kwargs = network, network_kwargs
         self.sampler, self.steps, self.batch_size = sampler, steps, batch_size
         self.device, self.seed, self.save_every, self.log = device, seed, max(1, save_every), log
-        fast = [p for n, p in net.named_parameters() if fast_prefixes and n.startswith(fast_prefixes)]
-        slow = [p for n, p in net.named_parameters() if not (fast_prefixes and n.startswith(fast_prefixes))]
+        slow, fast = [], []
+        for name, parameter in net.named_parameters():
+            (fast if fast_prefixes and name.startswith(fast_prefixes) else slow).append(parameter)
         groups = [{"params": slow}] + ([{"params": fast}] if fast else [])
         rates = [learning_rate] + ([learning_rate * UNCERTAINTY_LR_FACTOR] if fast else [])
         self.optimizer = torch.optim.Adam(groups, lr=learning_rate, betas=(0.9, 0.99))
