@@ -57,7 +57,7 @@ TEST_CASES = ["pat0004"]
 DATASETS = {"lr": (911, "BratsLR4x"), "interp": (912, "BratsInterp4x")}
 PSEUDOHR_ID = 913
 BENCH_PLANS = "BenchPlans"
-PREDICT_FLAGS = ["-c", "3d_fullres", "-f", "all", "--disable_tta", "-npp", "1", "-nps", "1"]
+PREDICT_FLAGS = ["-c", "3d_fullres", "-f", "all", "-npp", "1", "-nps", "1"]
 
 
 def log(message: str) -> None:
@@ -201,6 +201,8 @@ def predict(entry: str, inputs: str, output: str, dataset: str, trainer_name: st
         return None
     command = [script(entry), "-i", inputs, "-o", output, "-d", dataset, "-tr", trainer_name, "-p", plans_name,
                "-device", args.device, *PREDICT_FLAGS] + (["--save_probabilities"] if save_probabilities else [])
+    if entry == "nnUNetv2_predict":
+        command.append("--disable_tta")  # stock baselines: no mirroring, as REHRSeg (rehrseg_predict has no TTA)
     started = time.perf_counter()
     run(command, {"nnUNet_extTrainer": EXT_TRAINER_FOLDER})
     seconds = time.perf_counter() - started

@@ -114,8 +114,7 @@ def main() -> None:
 
     step(6, total, "HR segmentation of the held-out thick-slice input")
     run("rehrseg_predict", "-i", os.path.join(test_folder, "images"), "-o", predictions, "-d", str(TARGET_ID),
-        "-tr", trainer, "-p", "REHRSegPlans", "-c", "3d_fullres", "-f", "all", "-device", args.device,
-        "--disable_tta", "-npp", "1", "-nps", "1")
+        "-tr", trainer, "-f", "all", "-device", args.device, "-npp", "1", "-nps", "1")
 
     step(7, total, "scores against the 1 mm tissue labels (never seen by any step)")
     dataset_json = os.path.join(os.environ["nnUNet_raw"], "Dataset991_MNIThickPseudoHR", "dataset.json")

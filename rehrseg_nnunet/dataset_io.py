@@ -162,6 +162,29 @@ def write_json_atomically(path: str, content: object) -> None:
             os.remove(temporary)
 
 
+def write_image_verified(image: sitk.Image, path: str) -> None:
+    """``sitk.WriteImage`` (compressed), then read back and compared voxel for voxel.
+
+    SimpleITK reports some failed writes (a file-size limit, a full disk) only on stderr and returns
+    normally, leaving a truncated file that later reads as zero-filled: this turns them into an error.
+
+    Raises:
+        RehrsegInputError: naming the file and what to check.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        sitk.WriteImage(image, path, useCompression=True, compressionLevel=1)
+        written = sitk.ReadImage(path)
+    except (RuntimeError, OSError) as error:
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise RehrsegInputError(f"writing {path} failed ({reason}); check free space, quotas and write permission "
+                                f"in {folder}.") from None
+    if written.GetSize() != image.GetSize() or not np.array_equal(sitk.GetArrayViewFromImage(written),
+                                                                  sitk.GetArrayViewFromImage(image)):
+        raise RehrsegInputError(f"{path} was not written completely (its read-back differs); check free space and the "
+                                f"file-size limit (ulimit -f) for {folder}.")
+
+
 def read_image(path: str) -> sitk.Image:
     try:
         return sitk.ReadImage(path)

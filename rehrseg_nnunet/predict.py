@@ -19,6 +19,7 @@ from nnunetv2.inference import predict_from_raw_data
 from nnunetv2.inference.export_prediction import export_prediction_from_logits
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+from rehrseg_nnunet.errors import RehrsegInputError
 from rehrseg_nnunet.geometry import Grid
 from rehrseg_nnunet.planning import NETWORK_CLASS
 from rehrseg_nnunet.training import EXT_TRAINER_FOLDER
@@ -63,7 +64,7 @@ def export_hr_prediction(predicted_array_or_file, properties_dict: dict, configu
 
 
 def check_rehrseg_model(model_folder: str) -> None:
-    """Exit with one line unless the model folder's plans build the REHRSeg network (read before any weights)."""
+    """Refuse with one line unless the model folder's plans build the REHRSeg network (read before any weights)."""
     plans_file = os.path.join(model_folder, "plans.json")
     network = None
     if os.path.isfile(plans_file):
@@ -71,10 +72,10 @@ def check_rehrseg_model(model_folder: str) -> None:
             configurations = json.load(handle).get("configurations", {})
         network = {c.get("architecture", {}).get("network_class_name") for c in configurations.values()}
     if not network or NETWORK_CLASS not in network:
-        print(f"rehrseg_predict: error: the model in {model_folder} was not trained with REHRSeg (network "
-              f"{', '.join(sorted(n for n in (network or {'unknown'}) if n))}); use nnUNetv2_predict for it, or train "
-              f"with -tr REHRSegTrainer -p REHRSegPlans.", file=sys.stderr)
-        raise SystemExit(2)
+        raise RehrsegInputError(
+            f"the model in {model_folder} was not trained with REHRSeg (network "
+            f"{', '.join(sorted(n for n in (network or {'unknown'}) if n))}); use nnUNetv2_predict for it, or train "
+            f"with -tr REHRSegTrainer -p REHRSegPlans.")
 
 
 class REHRSegPredictor(nnUNetPredictor):
@@ -116,12 +117,16 @@ def ensure_ext_trainer_path() -> None:
         os.environ["nnUNet_extTrainer"] = os.pathsep.join(p for p in (current, EXT_TRAINER_FOLDER) if p)
 
 
-def rehrseg_predict_entry_point() -> None:
-    """``rehrseg_predict``: nnUNetv2_predict's command line, HR output."""
+def run_nnunet_prediction(argv: list[str], from_model_folder: bool = False) -> None:
+    """nnU-Net's prediction entry point on ``argv`` with the REHRSeg predictor and HR export swapped in."""
     ensure_ext_trainer_path()
     predict_from_raw_data.nnUNetPredictor = REHRSegPredictor
     predict_from_raw_data.export_prediction_from_logits = export_hr_prediction
-    if any(a in ("-h", "--help") for a in sys.argv[1:]):
-        print("rehrseg_predict: the flags of nnUNetv2_predict; writes the HR segmentation (n*r slices, spacing s/r) "
-              "of each thick-slice input.\n")
-    predict_from_raw_data.predict_entry_point()
+    entry = "predict_entry_point_modelfolder" if from_model_folder else "predict_entry_point"
+    program = "nnUNetv2_predict_from_modelfolder" if from_model_folder else "nnUNetv2_predict"
+    saved = sys.argv
+    sys.argv = [program, *argv]
+    try:
+        getattr(predict_from_raw_data, entry)()
+    finally:
+        sys.argv = saved

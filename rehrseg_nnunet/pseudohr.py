@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from rehrseg_nnunet import __version__
 from rehrseg_nnunet.dataset_io import (RawCase, RawDataset, load_raw_dataset, raw_root, read_case,
-                                      write_json_atomically)
+                                      write_image_verified, write_json_atomically)
 from rehrseg_nnunet.errors import RehrsegInputError
 from rehrseg_nnunet.qc import Panel, save_qc_png
 from rehrseg_nnunet.sr.config import SRConfig, final_checkpoint
@@ -44,6 +44,25 @@ def default_sr_model_folder(dataset_name: str) -> str:
     if not results:
         raise RehrsegInputError("The environment variable nnUNet_results is not set; export it or pass -m SR_MODEL_FOLDER.")
     return os.path.join(results, dataset_name, "rehrseg_sr")
+
+
+def sr_model_folder(metadata: dict) -> str | None:
+    """A pseudo-HR dataset's SR model folder: stored relative to nnUNet_results when it lies below it, so that
+    datasets and trained models move between machines with their results folder."""
+    folder = metadata.get("sr_model_folder")
+    results = os.environ.get("nnUNet_results")
+    if folder and not os.path.isabs(folder) and results:
+        folder = os.path.join(results, folder)
+    return folder
+
+
+def portable_sr_model_folder(folder: str) -> str:
+    """The form :func:`sr_model_folder` reads: relative to nnUNet_results when below it, else absolute."""
+    folder = os.path.abspath(folder)
+    results = os.environ.get("nnUNet_results")
+    if results and os.path.commonpath([folder, os.path.abspath(results)]) == os.path.abspath(results):
+        return os.path.relpath(folder, os.path.abspath(results))
+    return folder
 
 
 def checkpoint_hash(model_folder: str, stage: str) -> str:
@@ -153,19 +172,24 @@ def process_case(job: CaseJob, folder: str, file_ending: str, num_channels: int)
     if "label" in files:
         written["label"] = result.label
     temp_paths = {}
-    for key, image in written.items():
-        temp_paths[key] = os.path.join(temp, f"{key}_{os.path.basename(files[key])}")
-        sitk.WriteImage(image, temp_paths[key], useCompression=True, compressionLevel=1)
-    temp_paths["qc"] = os.path.join(temp, "qc.png")
-    panels = [Panel("LR", images[0], label),
-              Panel("pseudo-HR", result.images[0], result.label if label is not None else None),
-              Panel("uncertainty (fixed scale)", result.uncertainty, cmap="magma", value_range=(0.0, 1.0),
-                    colorbar=True)]
-    save_qc_png(temp_paths["qc"], panels, slice_axis=_RESOLVER.config.slice_axis)
-    for key in files:  # dict order: images, qc, uncertainty, then the label last
-        os.makedirs(os.path.dirname(files[key]), exist_ok=True)
-        os.replace(temp_paths[key], files[key])
-    shutil.rmtree(temp, ignore_errors=True)
+    try:
+        for key, image in written.items():
+            temp_paths[key] = os.path.join(temp, f"{key}_{os.path.basename(files[key])}")
+            write_image_verified(image, temp_paths[key])
+        temp_paths["qc"] = os.path.join(temp, "qc.png")
+        panels = [Panel("LR", images[0], label),
+                  Panel("pseudo-HR", result.images[0], result.label if label is not None else None),
+                  Panel("uncertainty (fixed scale)", result.uncertainty, cmap="magma", value_range=(0.0, 1.0),
+                        colorbar=True)]
+        save_qc_png(temp_paths["qc"], panels, slice_axis=_RESOLVER.config.slice_axis)
+        for key in files:  # dict order: images, qc, uncertainty, then the label last
+            os.makedirs(os.path.dirname(files[key]), exist_ok=True)
+            os.replace(temp_paths[key], files[key])
+    except OSError as error:
+        raise RehrsegInputError(f"writing case '{job.case.identifier}' into {folder} failed ({error.strerror or error}); "
+                                f"check free space, quotas and write permission.") from None
+    finally:  # a failed case leaves nothing: its temporary folder goes, its label (written last) never arrives
+        shutil.rmtree(temp, ignore_errors=True)
     return time.perf_counter() - started
 
 
@@ -199,7 +223,7 @@ def write_dataset_json(folder: str, source: RawDataset, config: SRConfig, model_
     dataset_json["rehrseg"] = {
         "scale_factor": config.scale_factor, "slice_axis": config.slice_axis,
         "lr_spacing": config.lr_spacing, "hr_spacing": config.hr_spacing,
-        "source_dataset": source.name, "sr_model_folder": os.path.abspath(model_folder),
+        "source_dataset": source.name, "sr_model_folder": portable_sr_model_folder(model_folder),
         "sr_stage": "1c", "sr_checkpoint_sha256": checkpoint_hash(model_folder, "1c"),
         "uncertainty_folders": ["uncertaintyTr"] + (["uncertaintyTs"] if source.test else []),
         "tool_version": __version__,
@@ -247,22 +271,24 @@ def make_pseudohr(source_dataset: str, target_id: int, model_folder: str | None 
     seconds = []
     started = time.perf_counter()
     bar = tqdm(total=len(todo), desc="pseudo-HR cases", unit="case", dynamic_ncols=True)
-    if num_processes <= 1:
-        _init_worker(model_folder, device, None)
-        for job in todo:
-            seconds.append(process_case(job, folder, source.file_ending, source.num_channels))
-            bar.update(1)
-    else:
-        threads = max(1, (os.cpu_count() or 1) // num_processes)
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(num_processes, initializer=_init_worker, initargs=(model_folder, device, threads)) as pool:
-            results = [pool.apply_async(process_case, (job, folder, source.file_ending, source.num_channels))
-                       for job in todo]
-            for result in results:
-                seconds.append(result.get())
+    try:
+        if num_processes <= 1:
+            _init_worker(model_folder, device, None)
+            for job in todo:
+                seconds.append(process_case(job, folder, source.file_ending, source.num_channels))
                 bar.update(1)
-    bar.close()
-    remove_stale_temporaries(folder)
+        else:
+            threads = max(1, (os.cpu_count() or 1) // num_processes)
+            context = multiprocessing.get_context("spawn")
+            with context.Pool(num_processes, initializer=_init_worker, initargs=(model_folder, device, threads)) as pool:
+                results = [pool.apply_async(process_case, (job, folder, source.file_ending, source.num_channels))
+                           for job in todo]
+                for result in results:
+                    seconds.append(result.get())
+                    bar.update(1)
+    finally:
+        bar.close()
+        remove_stale_temporaries(folder)
     wall = time.perf_counter() - started
     summary = {"folder": folder, "written": len(todo), "skipped": skipped,
                "seconds_per_case": wall / len(todo) if todo else 0.0}

@@ -6,11 +6,24 @@ from rehrseg_nnunet.evaluation import auroc
 from rehrseg_nnunet.sr.background import background_value, hr_background_mask, restore_source_intensities
 
 
-def test_hr_background_needs_both_neighbouring_lr_slices():
+def test_hr_background_is_each_thick_slices_background_on_its_r_slices():
     lr = np.array([True, True, False, True])[:, None, None]  # 4 LR slices, background except slice 2
     mask = hr_background_mask(lr, 2)[:, 0, 0]
-    # r = 2: HR slice j sits at LR position (j + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3.25
-    np.testing.assert_array_equal(mask, [True, True, True, False, False, False, False, True])
+    # r = 2: HR slices 2k and 2k + 1 lie inside thick slice k (and are nnU-Net's nearest copies of it)
+    np.testing.assert_array_equal(mask, [True, True, True, True, False, False, True, True])
+
+
+def test_non_zero_region_equals_the_thick_slice_images():
+    """An SR estimate clipped onto the background value outside the thick-slice background is moved off it,
+    so nnU-Net's non-zero mask of the pseudo-HR image is the thick-slice image's, copied onto the HR grid."""
+    lr = np.zeros((1, 3, 4, 4), dtype=np.float32)
+    lr[0, 1, 1:3, 1:3] = [[0.25, 6.0], [7.0, 8.0]]  # thick slice 1 holds tissue, 0.25 the darkest
+    hr = np.full((1, 6, 4, 4), 5.0, dtype=np.float32)
+    hr[0, 2, 1, 1] = -1.0  # an SR undershoot inside the tissue: clipped to 0, then moved off the background
+    background = restore_source_intensities(hr, lr, 2)
+    np.testing.assert_array_equal(hr[0] != 0, np.repeat(lr[0] != 0, 2, axis=0))
+    assert hr[0, 2, 1, 1] == 0.25
+    np.testing.assert_array_equal(background, np.repeat(lr[0] == 0, 2, axis=0))
 
 
 def test_background_value_is_the_exact_value_around_the_anatomy():

@@ -180,3 +180,30 @@ def test_bad_input_is_refused_and_writes_nothing(raw_copy, tmp_path):
     sitk.WriteImage(image, str(path))
     line = _refused(raw_copy, ["-d", "502", "-o", "605", "-m", model], "case001_0001.nii.gz")
     assert "trained for 4 mm slices" in line
+
+
+def test_a_write_beyond_the_file_size_limit_fails_cleanly_and_a_rerun_completes(raw_copy):
+    """SimpleITK only prints "wrote only 0 of N bytes" when a file-size limit stops a write; every written
+    image is read back before it is renamed into place, so the run fails with one line and leaves no case
+    that looks complete."""
+    import nibabel
+
+    target = raw_copy["raw"] / "Dataset602_PhantomPseudoHR"
+    command = " ".join([console_script("rehrseg_make_pseudohr"), "-d", "502", "-o", "602", "-m", str(raw_copy["model"]),
+                        "-device", "cpu"])
+    limited = subprocess.run(["bash", "-c", f"ulimit -f 40 && {command}"], env={**os.environ, **raw_copy["env"]},
+                             capture_output=True, text=True, timeout=600)  # 40 blocks of 512 bytes: 20 kB per file
+    assert limited.returncode != 0
+    assert "Traceback" not in limited.stderr, limited.stderr[-2000:]
+    last = limited.stderr.strip().splitlines()[-1]
+    assert "rehrseg_make_pseudohr: error:" in last and "ulimit -f" in last, last
+    assert not list(target.glob("labelsTr/*.nii.gz")), "a case looks complete after a failed write"
+    assert not (target / ".rehrseg_incomplete").exists()
+    rerun = make(raw_copy)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "3 case(s) written, 0 skipped" in rerun.stdout
+    for path in sorted(target.glob("*Tr/*.nii.gz")) + sorted(target.glob("*Ts/*.nii.gz")):
+        simpleitk = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        from_nibabel = np.asarray(nibabel.load(str(path)).dataobj)
+        assert simpleitk.shape == from_nibabel.shape[::-1]
+        np.testing.assert_array_equal(simpleitk, from_nibabel.transpose(2, 1, 0))

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 TRAINER = "REHRSegTrainer_debug"
 PREDICT_FLAGS = ["-d", "612", "-tr", TRAINER, "-p", "REHRSegPlans", "-c", "3d_fullres", "-f", "all", "-device", "cpu",
-                 "--disable_tta", "-npp", "1", "-nps", "1"]
+                 "-npp", "1", "-nps", "1"]
 
 
 def assert_ok(result):

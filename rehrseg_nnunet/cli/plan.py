@@ -17,6 +17,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-pl", dest="source_plans", default="nnUNetPlans", help="plans to start from (default nnUNetPlans)")
     parser.add_argument("--patch_size", type=int, nargs=3, default=None,
                         help="HR patch, slice axis first (default: nnU-Net's 3d_fullres patch, adapted to r)")
+    parser.add_argument("--lr_plans", default=None, metavar="PLANS_JSON",
+                        help="plans.json of the nnU-Net trained on the thick-slice dataset (its results folder): the "
+                             "inner U-Net gets exactly its topology and patch, so nnUNetv2_train -pretrained_weights "
+                             "can fine-tune from its checkpoint (--patch_size and the feature options then do not apply)")
+    parser.add_argument("--use_mask_for_norm", action="store_true",
+                        help="z-score inside the non-zero mask where nnU-Net would (its stock choice); by default "
+                             "REHRSeg plans z-score over the whole cropped volume, so the background keeps its own "
+                             "value (with --lr_plans the LR model's normalisation is used)")
     parser.add_argument("--base_features", type=int, default=32, help="U-Net features at full resolution (nnU-Net: 32)")
     parser.add_argument("--max_features", type=int, default=320, help="U-Net feature cap (nnU-Net: 320)")
     parser.add_argument("--batch_size", type=int, default=None, help="default: nnU-Net's")
@@ -31,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     def body() -> None:
         from rehrseg_nnunet.planning import plan_dataset
         plan_dataset(args.dataset, args.source_plans, args.patch_size, args.base_features, args.max_features,
-                     args.batch_size, args.num_processes, args.overwrite)
+                     args.batch_size, args.num_processes, args.overwrite, args.lr_plans,
+                     args.use_mask_for_norm)
 
     run_cli("rehrseg_plan", body)
 

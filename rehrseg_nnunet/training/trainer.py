@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss, get_tp_fp_fn_tn
@@ -26,7 +27,10 @@ from rehrseg_nnunet.losses import (UncertaintyWeightedCE, cosine_distillation, m
                                    structural_distillation)
 from rehrseg_nnunet.network import REHRSegUNet, pool_thick_slices
 from rehrseg_nnunet.planning import NETWORK_CLASS, PLANS_NAME
+from rehrseg_nnunet.pseudohr import sr_model_folder
 from rehrseg_nnunet.training.dataloader import UncertaintyDataLoader
+from rehrseg_nnunet.training.fine_tuning import (FINE_TUNING_LR, LOADED_ATTRIBUTE, STATE_KEY,
+                                                 install_pretrained_weights_hook)
 from rehrseg_nnunet.training.teacher import DistillationTeacher
 
 __all__ = ["REHRSegTrainer", "REHRSegTrainer_noUASR", "REHRSegTrainer_noDistill", "REHRSegTrainer_noHRHead",
@@ -34,32 +38,13 @@ __all__ = ["REHRSegTrainer", "REHRSegTrainer_noUASR", "REHRSegTrainer_noDistill"
            "REHRSegTrainer_noHRHead_debug", "REHRSegTrainer_cpu", "REHRSegTrainer_noUASR_cpu",
            "REHRSegTrainer_noDistill_cpu"]
 
-FINE_TUNING_LR = 1e-3  # METHOD.md: a tenth of nnU-Net's default when starting from the LR nnU-Net
+install_pretrained_weights_hook()
 
 
 def fail(message: str) -> None:
     """Bad input under nnU-Net's own CLI: one line on stderr, exit status 2, no traceback."""
     print(f"REHRSegTrainer: error: {message}", file=sys.stderr)
     raise SystemExit(2)
-
-
-def pretrained_weights_from_argv(argv: list[str]) -> str | None:
-    """nnUNetv2_train does not hand -pretrained_weights to the trainer; read it from the command line."""
-    return argv[argv.index("-pretrained_weights") + 1] if "-pretrained_weights" in argv[:-1] else None
-
-
-def load_matching_tensors(network: nn.Module, checkpoint_file: str) -> tuple[int, int]:
-    """Copy every tensor of a stock nnU-Net checkpoint whose name and shape match the inner U-Net.
-
-    Returns:
-        (tensors loaded, tensors of the inner U-Net).
-    """
-    weights = torch.load(checkpoint_file, map_location="cpu", weights_only=False)["network_weights"]
-    own = network.state_dict()
-    inner = [k for k in own if k.startswith(("encoder.", "decoder."))]
-    matching = {k: weights[k] for k in inner if k in weights and weights[k].shape == own[k].shape}
-    network.load_state_dict(matching, strict=False)
-    return len(matching), len(inner)
 
 
 class REHRSegTrainer(nnUNetTrainer):
@@ -82,25 +67,64 @@ class REHRSegTrainer(nnUNetTrainer):
         if self.label_manager.has_regions or self.label_manager.has_ignore_label:
             fail("region-based training and ignore labels are not supported by REHRSegTrainer.")
         self.scale_factor = int(self.rehrseg["scale_factor"])
-        self.sr_model_folder = self.rehrseg.get("sr_model_folder")
-        if self.use_distillation and not (self.sr_model_folder and os.path.isdir(self.sr_model_folder)):
-            fail(f"the SR model folder {self.sr_model_folder} recorded in the dataset's rehrseg block is missing; "
-                 f"restore it (distillation needs it) or train REHRSegTrainer_noDistill.")
-        self.pretrained_weights = pretrained_weights_from_argv(sys.argv)
-        if self.pretrained_weights:
-            self.initial_lr = FINE_TUNING_LR
         self.teacher: DistillationTeacher | None = None
 
-    def initialize(self) -> None:
-        super().initialize()
-        if self.use_distillation:
-            self.teacher = DistillationTeacher(self.sr_model_folder, self.device)
+    def on_train_start(self) -> None:
+        self.load_teacher()
+        super().on_train_start()
+        self._start_fine_tuning_if_pretrained()
+
+    def load_teacher(self) -> None:
+        """The frozen SR network, for distillation: only training needs it, so validation, prediction and an
+        installed model work without the SR model folder."""
+        if not self.use_distillation or self.teacher is not None:
+            return
+        folder = sr_model_folder(self.rehrseg)
+        if not (folder and os.path.isdir(folder)):
+            fail(f"the SR model folder {folder} recorded in the dataset's rehrseg block is missing; restore it "
+                 f"(distillation needs it) or train REHRSegTrainer_noDistill.")
+        self.teacher = DistillationTeacher(folder, self.device)
+
+    # --- fine-tuning from the LR nnU-Net ----------------------------------------------------------------
+    def _start_fine_tuning_if_pretrained(self) -> None:
+        """After -pretrained_weights: fine-tuning lr, recorded in the checkpoint's init_args for --c."""
+        loaded = getattr(self._unwrapped(), LOADED_ATTRIBUTE, None)
+        if loaded and STATE_KEY not in self.my_init_kwargs:
+            path, tensors = loaded
+            self.my_init_kwargs[STATE_KEY] = {"initial_lr": FINE_TUNING_LR, "pretrained_weights": path}
+            self.print_to_log_file(f"-pretrained_weights: loaded {tensors} inner U-Net tensors from {path}; HR head "
+                                   f"and projection start fresh; lr {FINE_TUNING_LR}")
+        self._apply_fine_tuning_state()
+
+    def _apply_fine_tuning_state(self) -> None:
+        state = self.my_init_kwargs.get(STATE_KEY)
+        if not state or self.initial_lr == state["initial_lr"]:
+            return
+        self.initial_lr = float(state["initial_lr"])
+        if self.was_initialized:  # the poly schedule holds its own initial lr: rebuild it, keep the momentum
+            optimizer_state = self.optimizer.state_dict()
+            self.optimizer, self.lr_scheduler = self.configure_optimizers()
+            self.optimizer.load_state_dict(optimizer_state)
+        self.print_to_log_file(f"fine-tuning from {state['pretrained_weights']}: initial lr {self.initial_lr}")
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        self._apply_fine_tuning_state()
 
     def _unwrapped(self) -> REHRSegUNet:
         network = self.network.module if self.is_ddp else self.network
         return getattr(network, "_orig_mod", network)
 
     # --- data -----------------------------------------------------------------------------------------
+    def do_split(self):
+        splits_file = os.path.join(self.preprocessed_dataset_folder_base, "splits_final.json")
+        if self.fold != "all" and not os.path.isfile(splits_file):
+            cases = infer_dataset_class(self.preprocessed_dataset_folder).get_identifiers(self.preprocessed_dataset_folder)
+            if len(cases) < 5:  # nnU-Net's 5-fold split would fail inside scikit-learn
+                fail(f"{self.plans_manager.dataset_name} has {len(cases)} training case(s), fewer than nnU-Net's 5 "
+                     f"folds; train fold 'all' (nnUNetv2_train D 3d_fullres all ...) or write {splits_file}.")
+        return super().do_split()
+
     def _lr_deep_supervision_scales(self) -> list | None:
         return super()._get_deep_supervision_scales()
 
@@ -209,13 +233,6 @@ class REHRSegTrainer(nnUNetTrainer):
         return {"loss": loss.detach().cpu().numpy(), "tp_hard": tp.detach().cpu().numpy()[1:],
                 "fp_hard": fp.detach().cpu().numpy()[1:], "fn_hard": fn.detach().cpu().numpy()[1:]}
 
-    def on_train_start(self) -> None:
-        super().on_train_start()
-        if self.pretrained_weights:
-            loaded, total = load_matching_tensors(self._unwrapped(), self.pretrained_weights)
-            self.print_to_log_file(f"-pretrained_weights: loaded {loaded} of {total} inner U-Net tensors from "
-                                   f"{self.pretrained_weights}; HR head and projection start fresh; lr {self.initial_lr}")
-
 
 class REHRSegTrainer_noUASR(REHRSegTrainer):
     """Ablation: unweighted LR loss (CE + Dice)."""
@@ -256,6 +273,7 @@ def _short(base: type, epochs: int, iterations: int, name: str, skip_validation_
         self.num_epochs = epochs
         self.num_iterations_per_epoch = iterations
         self.num_val_iterations_per_epoch = 2
+        self.save_every = 1  # a checkpoint_latest every epoch, so --c never repeats epochs from checkpoint_best
 
     def perform_actual_validation(self, save_probabilities: bool = False) -> None:
         if skip_validation_of_fold_all and self.fold == "all":

@@ -1,0 +1,120 @@
+"""rehrseg_predict — HR segmentations of thick-slice inputs with a REHRSeg model (nnUNetv2_predict's flags).
+
+The parser is REHRSeg's own (its defaults, its help, no option that cannot apply); the work is nnU-Net's
+own entry point (``nnUNetv2_predict``, or ``nnUNetv2_predict_from_modelfolder`` with ``-m``) with the
+REHRSeg predictor and HR export swapped in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from rehrseg_nnunet.cli.common import run_cli
+from rehrseg_nnunet.errors import RehrsegInputError
+
+DESCRIPTION = """\
+HR segmentation of thick-slice images with a model trained by nnUNetv2_train -tr REHRSegTrainer -p REHRSegPlans.
+Each input of n slices of thickness s is written as n*r slices of spacing s/r along its slice axis (r from the
+model's plans), the HR slices tiling each thick slice (origin moved by -(r-1)/(2r) of a thick slice along the slice
+direction); in-plane grid, direction and file names as nnUNetv2_predict. Give the model as -d/-tr/-p/-c (as
+nnUNetv2_predict) or as -m MODEL_FOLDER (as nnUNetv2_predict_from_modelfolder). Sliding windows start at
+thick-slice boundaries: along the slice axis each window start is rounded to a multiple of r HR slices, so the
+step there can differ from -step_size by up to r/2 slices. No test-time mirroring (REHRSeg trains without it).
+For the input-grid (LR) segmentation use stock nnUNetv2_predict with the same model."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rehrseg_predict", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-i", required=True, help="input folder of thick-slice images (nnU-Net naming: CASE_0000.ext)")
+    parser.add_argument("-o", required=True, help="output folder for the HR segmentations (created if missing)")
+    model = parser.add_argument_group("model (either -d with -tr/-p/-c, or -m)")
+    model.add_argument("-d", default=None, help="dataset id or name the model was trained on (the pseudo-HR dataset)")
+    model.add_argument("-tr", default="REHRSegTrainer", help="trainer class (default REHRSegTrainer)")
+    model.add_argument("-p", default="REHRSegPlans", help="plans identifier (default REHRSegPlans)")
+    model.add_argument("-c", default="3d_fullres", help="configuration (default 3d_fullres, the only one REHRSeg plans)")
+    model.add_argument("-m", default=None, metavar="MODEL_FOLDER",
+                       help="trained model folder (TRAINER__PLANS__CONFIG, holding fold_X/), instead of -d/-tr/-p/-c")
+    parser.add_argument("-f", nargs="+", default=["0", "1", "2", "3", "4"], help="folds to ensemble (default 0 1 2 3 4; "
+                        "'all' for a model trained on fold all)")
+    parser.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint name (default checkpoint_final.pth)")
+    parser.add_argument("-step_size", type=float, default=0.5, help="sliding-window step as a fraction of the patch "
+                        "(default 0.5; along the slice axis rounded to whole thick slices, see above)")
+    parser.add_argument("--save_probabilities", action="store_true", help="also write HR class probabilities (.npz)")
+    parser.add_argument("--continue_prediction", "--c", action="store_true", help="skip cases already predicted")
+    parser.add_argument("-npp", type=int, default=None, help="preprocessing processes (default nnU-Net's, 3)")
+    parser.add_argument("-nps", type=int, default=None, help="export processes (default nnU-Net's, 3)")
+    parser.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts (with -d)")
+    parser.add_argument("-part_id", type=int, default=0, help="which part this process predicts (with -d)")
+    parser.add_argument("-device", default="cuda", choices=("cuda", "cpu", "mps"), help="default cuda")
+    parser.add_argument("--verbose", action="store_true", help="nnU-Net's verbose output")
+    parser.add_argument("--disable_progress_bar", action="store_true", help="no progress bar")
+    return parser
+
+
+def nnunet_argv(args: argparse.Namespace) -> list[str]:
+    """The nnU-Net command line (without the program name) that does what ``args`` ask."""
+    argv = ["-i", args.i, "-o", args.o, "-f", *args.f, "-chk", args.chk, "-step_size", str(args.step_size),
+            "-device", args.device]
+    if args.m:
+        argv += ["-m", args.m]
+    else:
+        argv += ["-d", args.d, "-tr", args.tr, "-p", args.p, "-c", args.c, "-num_parts", str(args.num_parts),
+                 "-part_id", str(args.part_id)]
+    for flag in ("npp", "nps"):
+        if getattr(args, flag) is not None:
+            argv += [f"-{flag}", str(getattr(args, flag))]
+    for flag in ("save_probabilities", "continue_prediction", "verbose", "disable_progress_bar"):
+        if getattr(args, flag):
+            argv.append(f"--{flag}")
+    return argv
+
+
+def model_folder(args: argparse.Namespace) -> str:
+    """The trained model folder the arguments name; one line when it does not exist."""
+    if args.m:
+        folder = args.m
+    else:
+        if not os.environ.get("nnUNet_results"):
+            raise RehrsegInputError("the environment variable nnUNet_results is not set; export it (the folder "
+                                    "nnUNetv2_train wrote to) or pass -m MODEL_FOLDER.")
+        from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+        from nnunetv2.utilities.file_path_utilities import get_output_folder
+
+        try:
+            maybe_convert_to_dataset_name(args.d)
+        except RuntimeError:
+            raise RehrsegInputError(f"dataset {args.d} was not found under nnUNet_raw, nnUNet_preprocessed or "
+                                    f"nnUNet_results; pass the id or name the model was trained on.") from None
+        folder = get_output_folder(args.d, args.tr, args.p, args.c)
+    if not os.path.isdir(folder):
+        raise RehrsegInputError(f"no trained model in {folder}; train it with nnUNetv2_train ... -tr {args.tr} -p "
+                                f"{args.p}, or name the right one with -d/-tr/-p/-c or -m.")
+    missing = [f for f in args.f if not os.path.isfile(os.path.join(folder, f"fold_{f}", args.chk))]
+    if missing:
+        raise RehrsegInputError(f"{folder} has no {args.chk} for fold(s) {', '.join(missing)}; pass the trained folds "
+                                f"with -f (e.g. -f all) or train them.")
+    return folder
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.m and args.d:
+        build_parser().error("pass the model either as -m MODEL_FOLDER or as -d/-tr/-p/-c, not both")
+    if not args.m and not args.d:
+        build_parser().error("name the model: -d DATASET (with -tr/-p/-c when not the defaults) or -m MODEL_FOLDER")
+
+    def body() -> None:
+        from rehrseg_nnunet.predict import check_rehrseg_model, run_nnunet_prediction
+
+        folder = model_folder(args)
+        check_rehrseg_model(folder)
+        run_nnunet_prediction(nnunet_argv(args), from_model_folder=bool(args.m))
+
+    run_cli("rehrseg_predict", body)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,196 @@
+"""REHRSeg fine-tuned from the LR nnU-Net, as an nnU-Net user runs it, through the console scripts.
+
+rehrseg_plan --lr_plans (the LR model's plans) -> nnUNetv2_train -pretrained_weights=LR/checkpoint -> --c keeps
+the fine-tuning rate; a topology mismatch is one line; --val and rehrseg_predict work with the SR model folder
+gone; rehrseg_predict -m equals -d/-tr/-p; fold 0 of a 2-case dataset is one line. The LR "model" is a stock
+nnU-Net checkpoint of the LR plans' network (random weights: what is tested is that each tensor arrives).
+"""
+
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import run_script
+from rehrseg_nnunet.training import EXT_TRAINER_FOLDER
+
+pytestmark = pytest.mark.slow
+
+TRAINER = "REHRSegTrainer_debug"
+
+
+def assert_ok(result):
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    for fragment in fragments:
+        assert fragment in last, last
+
+
+def logged_learning_rates(log_text: str) -> list[float]:
+    return [float(v) for v in re.findall(r"Current learning rate: ([0-9.e-]+)", log_text)]
+
+
+def training_log(model_folder) -> str:
+    logs = sorted((model_folder / "fold_all").glob("training_log_*.txt"))
+    return "\n".join(p.read_text() for p in logs)
+
+
+def stock_lr_checkpoint(env: dict, results, dataset: str = "Dataset502_Phantom") -> str:
+    """A stock nnU-Net model folder for the LR dataset: plans.json, dataset.json, fold_all/checkpoint_final.pth."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    preprocessed = os.path.join(env["nnUNet_preprocessed"], dataset)
+    folder = results / dataset / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    (folder / "fold_all").mkdir(parents=True)
+    shutil.copy(os.path.join(preprocessed, "nnUNetPlans.json"), folder / "plans.json")
+    shutil.copy(os.path.join(preprocessed, "dataset.json"), folder / "dataset.json")
+    manager = PlansManager(str(folder / "plans.json"))
+    config = manager.get_configuration("3d_fullres")
+    torch.manual_seed(0)
+    network = nnUNetTrainer.build_network_architecture(manager, config, 2, 3, True)
+    torch.save({"network_weights": network.state_dict(), "trainer_name": "nnUNetTrainer",
+                "init_args": {"configuration": "3d_fullres"}}, folder / "fold_all" / "checkpoint_final.pth")
+    return str(folder / "fold_all" / "checkpoint_final.pth")
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(tmp_path_factory, trained_sr_model):
+    root = tmp_path_factory.mktemp("fine_tuning")
+    raw, results = root / "raw", root / "results"
+    shutil.copytree(os.path.join(trained_sr_model["raw"], "Dataset502_Phantom"), raw / "Dataset502_Phantom")
+    # the SR model where rehrseg_train_sr puts it by default, so the dataset refers to it relative to nnUNet_results
+    sr_model = results / "Dataset502_Phantom" / "rehrseg_sr"
+    shutil.copytree(trained_sr_model["model"], sr_model)
+    env = {"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(root / "preprocessed"), "nnUNet_results": str(results),
+           "nnUNet_def_n_proc": "1", "nnUNet_compile": "0", "nnUNet_extTrainer": EXT_TRAINER_FOLDER}
+    train_env = {**env, "nnUNet_n_proc_DA": "0"}  # augmentation in the training process (breaks planning)
+    assert_ok(run_script("rehrseg_make_pseudohr", ["-d", "502", "-o", "616", "-device", "cpu"], env))
+    for dataset in ("502", "616"):
+        assert_ok(run_script("nnUNetv2_plan_and_preprocess", ["-d", dataset, "-c", "3d_fullres", "-np", "1",
+                                                              "-npfp", "1"], env))
+    checkpoint = stock_lr_checkpoint(env, results)
+    out = {"root": root, "env": env, "train_env": train_env, "checkpoint": checkpoint, "sr_model": sr_model,
+           "model": results / "Dataset616_PhantomPseudoHR" / f"{TRAINER}__REHRSegPlans__3d_fullres"}
+    # plans of REHRSeg's own topology first: fine-tuning from the LR checkpoint must refuse them
+    assert_ok(run_script("rehrseg_plan", ["-d", "616", "--patch_size", "16", "32", "32", "--base_features", "8",
+                                          "--max_features", "32", "-np", "1"], env))
+    out["mismatch"] = run_script("nnUNetv2_train", ["616", "3d_fullres", "all", "-tr", TRAINER, "-p", "REHRSegPlans",
+                                                    "-device", "cpu", "-pretrained_weights", checkpoint], train_env)
+    shutil.rmtree(out["model"], ignore_errors=True)
+    lr_plans = os.path.join(os.path.dirname(os.path.dirname(checkpoint)), "plans.json")
+    out["replan"] = run_script("rehrseg_plan", ["-d", "616", "--lr_plans", lr_plans, "-np", "1"], env)
+    assert_ok(out["replan"])
+    # the '=' spelling, which nnU-Net's argparse accepts
+    out["train"] = run_script("nnUNetv2_train", ["616", "3d_fullres", "all", "-tr", TRAINER, "-p", "REHRSegPlans",
+                                                 "-device", "cpu", f"-pretrained_weights={checkpoint}"], train_env)
+    assert_ok(out["train"])
+    out["log"] = training_log(out["model"])
+    return out
+
+
+def test_topology_mismatch_is_one_line_naming_the_plans_to_use(fine_tuned):
+    assert_one_line_error(fine_tuned["mismatch"], fine_tuned["checkpoint"], "rehrseg_plan", "--lr_plans")
+
+
+def test_replanning_says_what_it_replaced(fine_tuned):
+    assert "replaced the existing" in fine_tuned["replan"].stdout
+    assert "patch_size [16, 32, 32] ->" in fine_tuned["replan"].stdout
+
+
+def test_every_lr_tensor_is_loaded_and_the_rate_is_the_fine_tuning_one(fine_tuned):
+    from rehrseg_nnunet.training.fine_tuning import inner_unet_keys
+
+    stock = torch.load(fine_tuned["checkpoint"], weights_only=False)["network_weights"]
+    tuned = torch.load(fine_tuned["model"] / "fold_all" / "checkpoint_final.pth", weights_only=False)
+    inner = inner_unet_keys(tuned["network_weights"])
+    assert set(inner) == set(inner_unet_keys(stock))  # the same U-Net, tensor for tensor
+    assert f"loaded {len(inner)} inner U-Net tensors" in fine_tuned["log"]
+    assert logged_learning_rates(fine_tuned["log"])[0] == 0.001
+    assert tuned["init_args"]["rehrseg_fine_tuning"]["initial_lr"] == 0.001
+
+
+def test_continue_keeps_the_fine_tuning_rate(fine_tuned):
+    """An interruption after epoch 0 (what checkpoint_latest holds then), continued with --c."""
+    fold = fine_tuned["model"] / "fold_all"
+    uninterrupted = logged_learning_rates(fine_tuned["log"])
+    state = torch.load(fold / "checkpoint_final.pth", weights_only=False)
+    state["current_epoch"] = 1
+    torch.save(state, fold / "checkpoint_latest.pth")
+    os.rename(fold / "checkpoint_final.pth", fold / "checkpoint_final_uninterrupted.pth")
+    for log in fold.glob("training_log_*.txt"):
+        log.unlink()
+    result = run_script("nnUNetv2_train", ["616", "3d_fullres", "all", "-tr", TRAINER, "-p", "REHRSegPlans",
+                                           "-device", "cpu", "--c"], fine_tuned["train_env"])
+    assert_ok(result)
+    continued = logged_learning_rates(training_log(fine_tuned["model"]))
+    assert continued == uninterrupted[1:] and continued[0] < 0.001  # epoch 1 of a 1e-3 poly schedule, not 1e-2's
+    os.replace(fold / "checkpoint_final_uninterrupted.pth", fold / "checkpoint_final.pth")
+
+
+def test_validation_and_prediction_work_without_the_sr_model(fine_tuned):
+    env = fine_tuned["train_env"]
+    dataset_json = json.loads((fine_tuned["root"] / "raw" / "Dataset616_PhantomPseudoHR" / "dataset.json").read_text())
+    assert dataset_json["rehrseg"]["sr_model_folder"] == os.path.join("Dataset502_Phantom", "rehrseg_sr")
+    hidden = fine_tuned["sr_model"].with_name("rehrseg_sr_elsewhere")
+    os.rename(fine_tuned["sr_model"], hidden)
+    try:
+        assert_ok(run_script("nnUNetv2_train", ["616", "3d_fullres", "all", "-tr", TRAINER, "-p", "REHRSegPlans",
+                                                "-device", "cpu", "--val"], env))
+        inputs = fine_tuned["root"] / "raw" / "Dataset502_Phantom" / "imagesTr"
+        common = ["-i", str(inputs), "-f", "all", "-device", "cpu", "-npp", "1", "-nps", "1"]
+        by_name = fine_tuned["root"] / "pred_by_name"
+        by_folder = fine_tuned["root"] / "pred_by_folder"
+        assert_ok(run_script("rehrseg_predict", [*common, "-o", str(by_name), "-d", "616", "-tr", TRAINER], env))
+        assert_ok(run_script("rehrseg_predict", [*common, "-o", str(by_folder), "-m", str(fine_tuned["model"])], env))
+    finally:
+        os.rename(hidden, fine_tuned["sr_model"])
+    for case in ("case000", "case001"):
+        a = sitk.ReadImage(str(by_name / f"{case}.nii.gz"))
+        b = sitk.ReadImage(str(by_folder / f"{case}.nii.gz"))
+        assert a.GetSize()[2] == 4 * sitk.ReadImage(str(inputs / f"{case}_0000.nii.gz")).GetSize()[2]
+        assert np.array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
+        assert a.GetSpacing() == b.GetSpacing() and a.GetOrigin() == b.GetOrigin()
+
+
+def test_fold_0_of_two_cases_is_one_line(fine_tuned):
+    result = run_script("nnUNetv2_train", ["616", "3d_fullres", "0", "-tr", TRAINER, "-p", "REHRSegPlans",
+                                           "-device", "cpu"], fine_tuned["train_env"])
+    assert_one_line_error(result, "2 training case(s)", "fold 'all'")
+
+
+def test_short_schedules_write_a_checkpoint_every_epoch(fine_tuned, monkeypatch):
+    """So that --c after an interruption continues from the last epoch, never from checkpoint_best."""
+    from rehrseg_nnunet.training.trainer import REHRSegTrainer, REHRSegTrainer_cpu, REHRSegTrainer_debug
+
+    for key, value in fine_tuned["env"].items():
+        monkeypatch.setenv(key, value)
+    preprocessed = fine_tuned["root"] / "preprocessed" / "Dataset616_PhantomPseudoHR"
+    plans = json.loads((preprocessed / "REHRSegPlans.json").read_text())
+    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+    every = {}
+    for trainer in (REHRSegTrainer, REHRSegTrainer_debug, REHRSegTrainer_cpu):
+        # nnU-Net 2.8.1's trainer pops this flag from the plans (nnUNetv2_train sets it)
+        instance = trainer({**plans, "continue_training": False}, "3d_fullres", "all", dataset_json, torch.device("cpu"))
+        every[trainer.__name__] = instance.save_every
+    assert every == {"REHRSegTrainer": 50, "REHRSegTrainer_debug": 1, "REHRSegTrainer_cpu": 1}
+
+
+def test_rehrseg_predict_help_shows_rehrseg_defaults_and_no_inert_option():
+    result = run_script("rehrseg_predict", ["-h"], {})
+    assert_ok(result)
+    text = result.stdout
+    assert "default REHRSegTrainer" in text and "default REHRSegPlans" in text and "-m MODEL_FOLDER" in text
+    for inert in ("--disable_tta", "-prev_stage_predictions"):
+        assert inert not in text
+    assert "rounded to a multiple of r" in text
