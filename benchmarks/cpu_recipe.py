@@ -33,6 +33,7 @@ import time
 import numpy as np
 import SimpleITK as sitk
 
+from rehrseg_nnunet.dataset_io import write_json_atomically
 from rehrseg_nnunet.training import EXT_TRAINER_FOLDER
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -128,8 +129,7 @@ def main() -> None:
         "mean_dice": float(np.mean([s["dice"] for s in scores.values()])),
     }
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as handle:
-        json.dump(results, handle, indent=2)
+    write_json_atomically(args.output, results)
     print(json.dumps(results, indent=2))
 
 

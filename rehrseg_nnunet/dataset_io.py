@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -81,6 +82,9 @@ def resolve_dataset_folder(dataset: str | int) -> tuple[str, str]:
     root = raw_root()
     text = str(dataset).strip()
     if text.startswith("Dataset"):
+        if not re.fullmatch(r"Dataset\d{3}_[^/\\]+", text) or text.endswith(("/.", "/..")) or ".." in text:
+            raise RehrsegInputError(f"Dataset '{dataset}' is not a DatasetXXX_Name folder name; give the id (e.g. -d 4) "
+                                    f"or the exact folder name under nnUNet_raw (e.g. -d Dataset004_Brain).")
         candidates = [text] if os.path.isdir(os.path.join(root, text)) else []
     else:
         try:
@@ -183,6 +187,37 @@ def write_image_verified(image: sitk.Image, path: str) -> None:
                                                                   sitk.GetArrayViewFromImage(image)):
         raise RehrsegInputError(f"{path} was not written completely (its read-back differs); check free space and the "
                                 f"file-size limit (ulimit -f) for {folder}.")
+
+
+def check_thick_slice_header(path: str, slice_axis: int, thick_spacing: float, model: str) -> None:
+    """Header-only check that an image has the thick-slice geometry a model was trained for.
+
+    Args:
+        path: the image file.
+        slice_axis: the model's slice axis (x, y, z order).
+        thick_spacing: the model's slice spacing; the image's must be within 25 % of it, and at least 1.5x its
+            in-plane spacing.
+        model: how to name the model in the message (e.g. "the SR model in FOLDER").
+
+    Raises:
+        RehrsegInputError: one line naming the file and the fix.
+    """
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise RehrsegInputError(f"{path} cannot be read as an image by SimpleITK; replace it or convert it to NIfTI "
+                                f"(.nii.gz).") from None
+    if reader.GetDimension() != 3:
+        raise RehrsegInputError(f"{path} is {reader.GetDimension()}D; REHRSeg needs 3D thick-slice volumes.")
+    spacing = reader.GetSpacing()
+    in_plane = max(s for i, s in enumerate(spacing) if i != slice_axis)
+    if abs(spacing[slice_axis] - thick_spacing) > 0.25 * thick_spacing or in_plane * 1.5 > spacing[slice_axis]:
+        raise RehrsegInputError(
+            f"{path} has spacing {tuple(round(s, 3) for s in spacing)} mm but {model} was trained for "
+            f"{thick_spacing:.3g} mm slices along {AXIS_NAMES[slice_axis]} (tolerance 25 %); resample or reorient it, "
+            f"or use a model trained for this geometry.")
 
 
 def read_image(path: str) -> sitk.Image:

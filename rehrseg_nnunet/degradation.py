@@ -12,6 +12,7 @@ import math
 from typing import Literal
 
 import numpy as np
+import torch
 import SimpleITK as sitk
 
 from rehrseg_nnunet.geometry import Grid, numpy_axis
@@ -111,6 +112,23 @@ def labels_to_lr(labels: np.ndarray, axis: int, scale_factor: int) -> np.ndarray
         best_score[better] = score[better]
         best_value[better] = value
     return np.moveaxis(best_value, 0, axis)
+
+
+def labels_to_lr_tensor(labels: torch.Tensor, scale_factor: int, num_classes: int) -> torch.Tensor:
+    """:func:`labels_to_lr` along axis 2 of a (B, C, S*r, …) tensor of class indices 0..K-1, on its own device.
+
+    Vectorised (one comparison per class), so the trainer derives its LR targets where the batch already is.
+    Ties left after the centre bonus go to the smallest class, as in :func:`labels_to_lr`.
+    """
+    r = int(scale_factor)
+    b, c, s, *rest = labels.shape
+    if s % r:
+        raise ValueError(f"{s} slices along axis 2 are not a multiple of r = {r}.")
+    groups = labels.view(b, c, s // r, r, *rest)
+    centre = groups[:, :, :, r // 2]
+    # two points per vote plus one for the centre slice: a tie goes to the centre's label
+    score = torch.stack([2 * (groups == k).sum(3, dtype=torch.int32) + (centre == k) for k in range(num_classes)])
+    return score.argmax(0).to(labels.dtype)  # the first maximum: the smallest class among equals
 
 
 def simulate_thick_slices(image: sitk.Image, slice_axis: int, scale_factor: int,

@@ -19,6 +19,7 @@ from nnunetv2.inference import predict_from_raw_data
 from nnunetv2.inference.export_prediction import export_prediction_from_logits
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+from rehrseg_nnunet.dataset_io import check_thick_slice_header
 from rehrseg_nnunet.errors import RehrsegInputError
 from rehrseg_nnunet.geometry import Grid
 from rehrseg_nnunet.planning import NETWORK_CLASS
@@ -92,10 +93,15 @@ class REHRSegPredictor(nnUNetPredictor):
         last_start = image_size[1] - self.configuration_manager.patch_size[0]
         aligned = []
         for slicer in super()._internal_get_sliding_window_slicers(image_size):
-            start = min(int(round(slicer[1].start / r)) * r, last_start)
-            aligned_slicer = (slicer[0], slice(start, start + self.configuration_manager.patch_size[0]), *slicer[2:])
-            if aligned_slicer not in aligned:
-                aligned.append(aligned_slicer)
+            starts = [min(int(round(slicer[1].start / r)) * r, last_start)]
+            if slicer[1].start == last_start and starts[0] != last_start:
+                # nnU-Net's last window ends at the image's end; when the size is not a multiple of r (an input
+                # spacing slightly off the model's), the rounded one would not: keep both
+                starts.append(last_start)
+            for start in starts:
+                aligned_slicer = (slicer[0], slice(start, start + self.configuration_manager.patch_size[0]), *slicer[2:])
+                if aligned_slicer not in aligned:
+                    aligned.append(aligned_slicer)
         return aligned
 
     def predict_sliding_window_return_logits(self, input_image: torch.Tensor):
@@ -103,11 +109,51 @@ class REHRSegPredictor(nnUNetPredictor):
         r, patch = self.scale_factor, self.configuration_manager.patch_size[0]
         size = input_image.shape[1]
         if size >= patch:
-            return super().predict_sliding_window_return_logits(input_image)
-        missing = patch - size  # both multiples of r
-        below = (missing // r // 2) * r
-        padded = torch.nn.functional.pad(input_image, (0, 0, 0, 0, below, missing - below))
-        return super().predict_sliding_window_return_logits(padded)[:, below:below + size]
+            logits = super().predict_sliding_window_return_logits(input_image)
+        else:
+            missing = patch - size
+            below = (missing // r // 2) * r
+            padded = torch.nn.functional.pad(input_image, (0, 0, 0, 0, below, missing - below))
+            logits = super().predict_sliding_window_return_logits(padded)[:, below:below + size]
+        if not torch.isfinite(logits).all():  # a voxel no window covered would be NaN, exported as background
+            raise RuntimeError(f"REHRSeg prediction left {int((~torch.isfinite(logits)).sum())} logits undefined "
+                               f"(image {tuple(input_image.shape[1:])}, patch {tuple(self.configuration_manager.patch_size)}).")
+        return logits
+
+
+def check_prediction_inputs(input_folder: str, model_folder: str, configuration: str = "3d_fullres") -> int:
+    """Every input case must fit the model: its file ending, channel count, slice axis and slice spacing.
+
+    Slice spacing within 25 % of the model's thick slices and at least 1.5x the in-plane spacing, as the SR
+    model checks its inputs. Only headers are read.
+
+    Returns:
+        The number of cases.
+
+    Raises:
+        RehrsegInputError: one line naming the file and the fix.
+    """
+    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
+
+    with open(os.path.join(model_folder, "dataset.json")) as handle:
+        dataset_json = json.load(handle)
+    with open(os.path.join(model_folder, "plans.json")) as handle:
+        settings = json.load(handle)["configurations"][configuration]["rehrseg"]
+    ending, channels = dataset_json["file_ending"], len(dataset_json["channel_names"])
+    if not os.path.isdir(input_folder):
+        raise RehrsegInputError(f"the input folder {input_folder} does not exist; pass the folder of thick-slice images.")
+    cases = create_lists_from_splitted_dataset_folder(input_folder, ending)
+    if not cases:
+        raise RehrsegInputError(f"{input_folder} holds no CASE_0000{ending} images ({ending} is the model's file ending); "
+                                f"convert the inputs to {ending} with nnU-Net's naming.")
+    for files in cases:
+        if len(files) != channels:
+            raise RehrsegInputError(f"{files[0]}: its case has {len(files)} channel file(s) but the model takes {channels} "
+                                    f"(CASE_0000{ending} … CASE_{channels - 1:04d}{ending}); add or remove channels.")
+        for path in files:
+            check_thick_slice_header(path, int(settings["slice_axis"]), float(settings["lr_spacing"][0]),
+                                     f"the model in {model_folder}")
+    return len(cases)
 
 
 def ensure_ext_trainer_path() -> None:

@@ -19,11 +19,11 @@ import shutil
 import time
 from dataclasses import dataclass
 
-import SimpleITK as sitk
 from tqdm import tqdm
 
 from rehrseg_nnunet import __version__
-from rehrseg_nnunet.dataset_io import (RawCase, RawDataset, load_raw_dataset, raw_root, read_case,
+from rehrseg_nnunet.dataset_io import (RawCase, RawDataset, check_thick_slice_header, load_raw_dataset, raw_root,
+                                      read_case,
                                       write_image_verified, write_json_atomically)
 from rehrseg_nnunet.errors import RehrsegInputError
 from rehrseg_nnunet.qc import Panel, save_qc_png
@@ -125,24 +125,9 @@ def check_model_matches_dataset(config: SRConfig, source: RawDataset, model_fold
 
 def check_case_geometry(config: SRConfig, job: CaseJob, model_folder: str) -> None:
     """Header-only check that a case has the thick-slice geometry the model was trained for."""
-    reader = sitk.ImageFileReader()
     for path in job.case.image_files:
-        reader.SetFileName(path)
-        try:
-            reader.ReadImageInformation()
-        except RuntimeError:
-            raise RehrsegInputError(f"{path} cannot be read by SimpleITK; convert it to NIfTI (.nii.gz).") from None
-        spacing = reader.GetSpacing()
-        if reader.GetDimension() != 3:
-            raise RehrsegInputError(f"{path} is {reader.GetDimension()}D; REHRSeg needs 3D thick-slice volumes.")
-        thick = spacing[config.slice_axis]
-        expected = config.lr_spacing[config.slice_axis]
-        in_plane = max(s for i, s in enumerate(spacing) if i != config.slice_axis)
-        if abs(thick - expected) > 0.25 * expected or in_plane * 1.5 > thick:
-            raise RehrsegInputError(
-                f"{path} has spacing {tuple(round(s, 3) for s in spacing)} but the SR model in {model_folder} was trained "
-                f"for {expected:.3g} mm slices along {'xyz'[config.slice_axis]}; use a model trained for this geometry."
-            )
+        check_thick_slice_header(path, config.slice_axis, config.lr_spacing[config.slice_axis],
+                                 f"the SR model in {model_folder}")
 
 
 _RESOLVER: SuperResolver | None = None

@@ -64,3 +64,20 @@ def test_simulated_thick_slices_have_exact_geometry():
     # LR origin = HR origin + d * h * (r - 1) / 2 = (5, 6, 7) + (1, 0, 0) * 1.5
     np.testing.assert_allclose(lr.GetOrigin(), (6.5, 6.0, 7.0))
     assert lr_label.GetSize() == lr.GetSize() and lr_label.GetOrigin() == lr.GetOrigin()
+
+
+@pytest.mark.parametrize("scale_factor", [2, 3, 4, 5])
+def test_lr_labels_on_tensors_equal_the_numpy_rule(scale_factor):
+    """The trainer's vectorised LR targets (on the batch's device) follow labels_to_lr exactly, ties included."""
+    import torch
+
+    from rehrseg_nnunet.degradation import labels_to_lr_tensor
+
+    rng = np.random.default_rng(scale_factor)
+    labels = rng.integers(0, 4, size=(2, 1, 3 * scale_factor, 5, 6)).astype(np.int16)  # many ties among 4 classes
+    labels[1, 0, :, 0, 0] = 3  # a column of one class
+    labels[1, 0, :, 0, 1] = 0
+    expected = np.stack([labels_to_lr(labels[b, 0], 0, scale_factor) for b in range(2)])[:, None]
+    result = labels_to_lr_tensor(torch.from_numpy(labels), scale_factor, num_classes=4)
+    assert result.dtype == torch.int16
+    np.testing.assert_array_equal(result.numpy(), expected)

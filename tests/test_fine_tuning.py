@@ -138,7 +138,7 @@ def test_continue_keeps_the_fine_tuning_rate(fine_tuned):
     os.replace(fold / "checkpoint_final_uninterrupted.pth", fold / "checkpoint_final.pth")
 
 
-def test_validation_and_prediction_work_without_the_sr_model(fine_tuned):
+def test_validation_prediction_and_export_work_without_the_sr_model(fine_tuned):
     env = fine_tuned["train_env"]
     dataset_json = json.loads((fine_tuned["root"] / "raw" / "Dataset616_PhantomPseudoHR" / "dataset.json").read_text())
     assert dataset_json["rehrseg"]["sr_model_folder"] == os.path.join("Dataset502_Phantom", "rehrseg_sr")
@@ -153,11 +153,23 @@ def test_validation_and_prediction_work_without_the_sr_model(fine_tuned):
         by_folder = fine_tuned["root"] / "pred_by_folder"
         assert_ok(run_script("rehrseg_predict", [*common, "-o", str(by_name), "-d", "616", "-tr", TRAINER], env))
         assert_ok(run_script("rehrseg_predict", [*common, "-o", str(by_folder), "-m", str(fine_tuned["model"])], env))
+        # exported to a zip and installed into another results folder, as a collaborator would
+        archive = fine_tuned["root"] / "model.zip"
+        assert_ok(run_script("nnUNetv2_export_model_to_zip", ["-d", "616", "-o", str(archive), "-c", "3d_fullres",
+                                                              "-tr", TRAINER, "-p", "REHRSegPlans", "-f", "all"], env))
+        installed = {**env, "nnUNet_results": str(fine_tuned["root"] / "installed_results")}
+        assert_ok(run_script("nnUNetv2_install_pretrained_model_from_zip", [str(archive)], installed))
+        by_install = fine_tuned["root"] / "pred_installed"
+        assert_ok(run_script("rehrseg_predict", [*common, "-o", str(by_install), "-d", "616", "-tr", TRAINER], installed))
+        assert_ok(run_script("nnUNetv2_train", ["616", "3d_fullres", "all", "-tr", TRAINER, "-p", "REHRSegPlans",
+                                                "-device", "cpu", "--val"], installed))
     finally:
         os.rename(hidden, fine_tuned["sr_model"])
     for case in ("case000", "case001"):
         a = sitk.ReadImage(str(by_name / f"{case}.nii.gz"))
         b = sitk.ReadImage(str(by_folder / f"{case}.nii.gz"))
+        assert np.array_equal(sitk.GetArrayFromImage(a),
+                              sitk.GetArrayFromImage(sitk.ReadImage(str(by_install / f"{case}.nii.gz"))))
         assert a.GetSize()[2] == 4 * sitk.ReadImage(str(inputs / f"{case}_0000.nii.gz")).GetSize()[2]
         assert np.array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
         assert a.GetSpacing() == b.GetSpacing() and a.GetOrigin() == b.GetOrigin()

@@ -207,3 +207,16 @@ def test_a_write_beyond_the_file_size_limit_fails_cleanly_and_a_rerun_completes(
         from_nibabel = np.asarray(nibabel.load(str(path)).dataobj)
         assert simpleitk.shape == from_nibabel.shape[::-1]
         np.testing.assert_array_equal(simpleitk, from_nibabel.transpose(2, 1, 0))
+
+
+def test_dataset_names_and_ids_cannot_escape(raw_copy):
+    """-d takes an id or an exact folder name (no path tricks); -o an id from 1 to 999."""
+    before = sorted(os.listdir(raw_copy["raw"]))
+    cases = [(["-d", "Dataset502_Phantom/../Dataset502_Phantom", "-o", "603"], "not a DatasetXXX_Name folder name"),
+             (["-d", "502", "-o", "1950"], "nnU-Net ids run from 1 to 999"),
+             (["-d", "502", "-o", "-5"], "nnU-Net ids run from 1 to 999")]
+    for args, fragment in cases:
+        result = run_script("rehrseg_make_pseudohr", [*args, "-m", raw_copy["model"], "-device", "cpu"], raw_copy["env"])
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert fragment in result.stderr.strip().splitlines()[-1], result.stderr
+    assert sorted(os.listdir(raw_copy["raw"])) == before

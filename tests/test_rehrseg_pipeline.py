@@ -149,3 +149,51 @@ def test_bad_input_gives_one_clear_line(pipeline):
                                             "-o", str(pipeline["root"] / "never"), *flags], pipeline["env"])
     assert_one_line_error(result, "not trained with REHRSeg")
     assert not (pipeline["root"] / "never").exists() or not any((pipeline["root"] / "never").glob("*.nii.gz"))
+
+
+def test_inputs_the_model_was_not_trained_for_are_refused(pipeline, tmp_path):
+    """A thick axis other than the model's, or a slice spacing off by more than 25 %: one line naming the file."""
+    source = pipeline["raw"] / "Dataset502_Phantom" / "imagesTr"
+    for name, change in (("foreign_axis", lambda im: sitk.PermuteAxes(im, [2, 1, 0])),  # 4 mm along x
+                         ("six_mm", lambda im: _with_spacing(im, (1.0, 1.0, 6.0)))):
+        folder = tmp_path / name
+        folder.mkdir()
+        for channel in range(2):
+            image = change(sitk.ReadImage(str(source / f"case000_{channel:04d}.nii.gz")))
+            sitk.WriteImage(image, str(folder / f"odd_{channel:04d}.nii.gz"))
+        result = run_script("rehrseg_predict", ["-i", str(folder), "-o", str(tmp_path / f"out_{name}"), *PREDICT_FLAGS],
+                            pipeline["env"])
+        assert_one_line_error(result, "odd_0000.nii.gz", "slices along z")
+        assert not (tmp_path / f"out_{name}").exists()
+    empty = tmp_path / "no_nifti"
+    empty.mkdir()
+    (empty / "case_0000.nrrd").write_bytes(b"")
+    assert_one_line_error(run_script("rehrseg_predict", ["-i", str(empty), "-o", str(tmp_path / "o"), *PREDICT_FLAGS],
+                                     pipeline["env"]), "holds no CASE_0000.nii.gz images")
+
+
+def _with_spacing(image, spacing):
+    image = sitk.Image(image)
+    image.SetSpacing(spacing)
+    return image
+
+
+def test_every_voxel_is_covered_when_the_slices_are_not_a_multiple_of_the_window_step(pipeline, tmp_path):
+    """4.3 mm slices (within the 25 % tolerance) on a 1 mm model grid: 4.3 n HR slices (39, 43, 47), not a multiple of r;
+    the last window must still reach the end (else its logits stay NaN and export as background)."""
+    source = pipeline["raw"] / "Dataset502_Phantom" / "imagesTr"
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for slices in (9, 10, 11):
+        for channel in range(2):
+            image = sitk.ReadImage(str(source / f"case000_{channel:04d}.nii.gz"))[:, :, :slices]
+            sitk.WriteImage(_with_spacing(image, (1.0, 1.0, 4.3)), str(folder / f"n{slices}_{channel:04d}.nii.gz"))
+    output = tmp_path / "out"
+    result = run_script("rehrseg_predict", ["-i", str(folder), "-o", str(output), *PREDICT_FLAGS,
+                                            "--save_probabilities"], pipeline["env"])
+    assert_ok(result)
+    for slices in (9, 10, 11):
+        probabilities = np.load(output / f"n{slices}.npz")["probabilities"]
+        assert probabilities.shape[1] == 4 * slices  # HR grid: r slices per thick slice
+        assert np.isfinite(probabilities).all()
+        np.testing.assert_allclose(probabilities.sum(0), 1.0, atol=1e-3)

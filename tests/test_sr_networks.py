@@ -137,3 +137,19 @@ def test_refining_network_starts_at_the_stage_1a_estimate():
     assert torch.equal(out[:, 1:].argmax(1), prior[:, 1:].argmax(1))
     with pytest.raises(ValueError, match="prior"):
         net(frames)
+
+
+def test_encoder_stops_at_the_requested_level():
+    """The distillation teacher asks for level 1 only: same features, the deeper stages not computed."""
+    torch.manual_seed(0)
+    net = SliceInterpolationNet(1, 2, 4, widths=(8, 8, 16, 16), blocks=(1, 1, 1, 1)).eval()
+    frames = torch.randn(2, 3, 4, 16, 16)
+    calls = []
+    for stage in net.encoder.stages:
+        stage.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        full = net.encode(frames)
+        calls.clear()
+        partial = net.encode(frames, up_to=1)
+    assert len(full) == 5 and len(partial) == 2 and len(calls) == 1
+    assert torch.equal(partial[1], full[1])

@@ -7,13 +7,25 @@ import argparse
 from rehrseg_nnunet.cli.common import run_cli
 
 
+def dataset_id(text: str) -> int:
+    """An nnU-Net dataset id: an integer 1-999 (DatasetXXX_ has three digits)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a dataset id; give an integer from 1 to 999") from None
+    if not 1 <= value <= 999:
+        raise argparse.ArgumentTypeError(f"{value} is not a dataset id; nnU-Net ids run from 1 to 999")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rehrseg_make_pseudohr",
         description="Apply a trained self-SR model to every case of an nnU-Net raw dataset and write "
                     "nnUNet_raw/DatasetTTT_<Source>PseudoHR (images, labels, uncertainty maps, QC pictures).")
     parser.add_argument("-d", dest="dataset", required=True, help="source dataset id or name under nnUNet_raw")
-    parser.add_argument("-o", dest="target_id", required=True, type=int, help="id of the new pseudo-HR dataset")
+    parser.add_argument("-o", dest="target_id", required=True, type=dataset_id,
+                        help="id of the new pseudo-HR dataset (1-999)")
     parser.add_argument("-m", dest="model", default=None,
                         help="SR model folder (default: nnUNet_results/DatasetXXX_Name/rehrseg_sr)")
     parser.add_argument("-device", default=None, choices=["cuda", "mps", "cpu"], help="torch device (default: auto)")

@@ -107,10 +107,11 @@ def main(argv: list[str] | None = None) -> None:
         build_parser().error("name the model: -d DATASET (with -tr/-p/-c when not the defaults) or -m MODEL_FOLDER")
 
     def body() -> None:
-        from rehrseg_nnunet.predict import check_rehrseg_model, run_nnunet_prediction
+        from rehrseg_nnunet.predict import check_prediction_inputs, check_rehrseg_model, run_nnunet_prediction
 
         folder = model_folder(args)
         check_rehrseg_model(folder)
+        check_prediction_inputs(args.i, folder, args.c)
         run_nnunet_prediction(nnunet_argv(args), from_model_folder=bool(args.m))
 
     run_cli("rehrseg_predict", body)

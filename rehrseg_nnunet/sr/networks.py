@@ -150,10 +150,11 @@ class SliceEncoder(nn.Module):
             previous = width
         self.stages = nn.ModuleList(stages)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Returns the stem output and each stage's output (strides 2, 2, 4, 8, 8 in-plane)."""
+    def forward(self, x: torch.Tensor, up_to: int | None = None) -> list[torch.Tensor]:
+        """Returns the stem output and each stage's output (strides 2, 2, 4, 8, 8 in-plane), or only the
+        first ``up_to + 1`` of them (the deeper stages are not computed)."""
         features = [F.relu(self.stem(x))]
-        for stage in self.stages:
+        for stage in self.stages[:None if up_to is None else max(up_to, 0)]:
             features.append(stage(features[-1]))
         return features
 
@@ -263,8 +264,9 @@ class SliceInterpolationNet(nn.Module):
             self.reconstructions.weight.copy_(weight + noise.to(weight))
             self.reconstructions.bias.copy_(plain_head.bias.detach().repeat(m))
 
-    def encode(self, frames: torch.Tensor) -> list[torch.Tensor]:
-        return self.encoder(frames)
+    def encode(self, frames: torch.Tensor, up_to: int | None = None) -> list[torch.Tensor]:
+        """Encoder features (all levels, or levels 0..``up_to``)."""
+        return self.encoder(frames, up_to)
 
     def forward(self, frames: torch.Tensor, prior: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Args: frames (B, C+K, 4, H, W); prior (B, C+K, r, H, W) — image and label probabilities —

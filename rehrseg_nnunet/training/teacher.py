@@ -45,7 +45,7 @@ class DistillationTeacher(nn.Module):
         index = (torch.arange(s, device=volume.device)[:, None] + torch.arange(-1, NUM_FRAMES - 1, device=volume.device)).clamp(0, s - 1)
         windows = volume[:, :, index]  # (B, C, S, 4, Y, X)
         windows = windows.permute(0, 2, 1, 3, 4, 5).reshape(b * s, c, NUM_FRAMES, y, x)
-        features = self.net.encode(windows)[FEATURE_LEVEL][:, :, 1]  # frame 1 of k-1, k, k+1, k+2 is slice k
+        features = self.net.encode(windows, up_to=FEATURE_LEVEL)[FEATURE_LEVEL][:, :, 1]  # frame 1 of k-1, k, k+1, k+2 is slice k
         return features.view(b, s, *features.shape[1:]).permute(0, 2, 1, 3, 4)
 
     def train(self, mode: bool = True) -> "DistillationTeacher":

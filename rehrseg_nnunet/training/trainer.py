@@ -22,7 +22,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast, nn
 
-from rehrseg_nnunet.degradation import labels_to_lr
+from rehrseg_nnunet.degradation import labels_to_lr_tensor
 from rehrseg_nnunet.losses import (UncertaintyWeightedCE, cosine_distillation, match_grid,
                                    structural_distillation)
 from rehrseg_nnunet.network import REHRSegUNet, pool_thick_slices
@@ -153,8 +153,9 @@ class REHRSegTrainer(nnUNetTrainer):
 
     def lr_targets(self, hr_target: torch.Tensor, uncertainty: torch.Tensor) -> tuple[list, list]:
         """LR labels (majority of each group of r, centre breaks ties) and pooled uncertainty, at every
-        deep-supervision scale of the LR U-Net (nearest-exact downsampling, as nnU-Net's DS transform)."""
-        lr_label = torch.from_numpy(labels_to_lr(hr_target.numpy(), 2, self.scale_factor))
+        deep-supervision scale of the LR U-Net (nearest-exact downsampling, as nnU-Net's DS transform).
+        Computed on the tensors' device: no per-step CPU work beyond nnU-Net's own."""
+        lr_label = labels_to_lr_tensor(hr_target, self.scale_factor, self.label_manager.num_segmentation_heads)
         lr_uncertainty = pool_thick_slices(uncertainty, self.scale_factor)
         labels, uncertainties = [lr_label], [lr_uncertainty]
         for scale in (self._lr_deep_supervision_scales() or [])[1:]:
@@ -194,15 +195,14 @@ class REHRSegTrainer(nnUNetTrainer):
         return losses
 
     def train_step(self, batch: dict) -> dict:
-        hr_target_cpu = batch["target"]
-        lr_labels, lr_uncertainty = self.lr_targets(hr_target_cpu, batch["uncertainty"])
         data = batch["data"].to(self.device, non_blocking=True)
-        hr_target = hr_target_cpu.to(self.device, non_blocking=True)
-        lr_labels = [t.to(self.device, non_blocking=True) for t in lr_labels]
-        lr_uncertainty = [u.to(self.device, non_blocking=True) for u in lr_uncertainty]
+        hr_target = batch["target"].to(self.device, non_blocking=True)
+        uncertainty = batch["uncertainty"].to(self.device, non_blocking=True)
+        lr_labels, lr_uncertainty = self.lr_targets(hr_target, uncertainty)
         teacher_features = None
         if self.teacher is not None:
-            teacher_features = self.teacher(pool_thick_slices(data, self.scale_factor), lr_labels[0])
+            with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+                teacher_features = self.teacher(pool_thick_slices(data, self.scale_factor), lr_labels[0])
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             output = self.network(data)
