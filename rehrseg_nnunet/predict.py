@@ -90,7 +90,8 @@ class REHRSegPredictor(nnUNetPredictor):
 
     def _internal_get_sliding_window_slicers(self, image_size):
         r = self.scale_factor
-        last_start = image_size[1] - self.configuration_manager.patch_size[0]
+        # image_size is the (slice, y, x) shape of the padded image (nnU-Net passes data.shape[1:])
+        last_start = image_size[0] - self.configuration_manager.patch_size[0]
         aligned = []
         for slicer in super()._internal_get_sliding_window_slicers(image_size):
             starts = [min(int(round(slicer[1].start / r)) * r, last_start)]

@@ -10,7 +10,8 @@ from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 
 from rehrseg_nnunet.losses import cosine_distillation, structural_distillation, uncertainty_weighted_ce
 from rehrseg_nnunet.network import REHRSegUNet, pool_thick_slices
-from rehrseg_nnunet.training.trainer import load_matching_tensors
+from rehrseg_nnunet.errors import RehrsegInputError
+from rehrseg_nnunet.training.fine_tuning import LOADED_ATTRIBUTE, inner_unet_keys, load_lr_weights
 
 UNET_KWARGS = dict(
     input_channels=1, n_stages=3, features_per_stage=[4, 8, 16], conv_op=torch.nn.Conv3d,
@@ -87,14 +88,20 @@ def test_pretrained_weights_load_every_inner_unet_tensor(tmp_path):
     torch.save({"network_weights": stock.state_dict()}, checkpoint)
     net = build(4)
     fresh_head = {k: v.clone() for k, v in net.state_dict().items() if k.startswith("rehrseg.")}
-    load_pretrained_weights(net, str(checkpoint))  # what nnUNetv2_train -pretrained_weights does
-    loaded, total = load_matching_tensors(net, str(checkpoint))  # + the LR seg layers, counted
-    assert loaded == total == len(stock.state_dict())
+    load_pretrained_weights(net, str(checkpoint))  # nnU-Net's own loader accepts the REHRSeg network too
+    loaded, total = load_lr_weights(net, str(checkpoint))  # what -pretrained_weights runs for REHRSeg networks
+    # every tensor, the decoder's alias of the encoder counted once
+    assert loaded == total == len(inner_unet_keys(stock.state_dict())) < len(stock.state_dict())
+    assert getattr(net, LOADED_ATTRIBUTE) == (str(checkpoint), loaded)
     state = net.state_dict()
     for key, value in stock.state_dict().items():
         assert torch.equal(state[key], value), key
     for key, value in fresh_head.items():
         assert torch.equal(state[key], value), f"{key} should start fresh"
+    wider = PlainConvUNet(**{**UNET_KWARGS, "features_per_stage": [8, 16, 16]}, deep_supervision=True)
+    torch.save({"network_weights": wider.state_dict()}, checkpoint)
+    with pytest.raises(RehrsegInputError, match="does not fit the REHRSeg U-Net.*--lr_plans"):
+        load_lr_weights(net, str(checkpoint))
 
 
 def test_no_hr_head_variant_upsamples_the_lr_logits():
