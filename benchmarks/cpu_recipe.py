@@ -6,7 +6,7 @@ binary tumour label). Every step is the console command a user runs; each is tim
 1. ``DatasetXXX_BrainThick`` (.nrrd as given) in nnUNet_raw;
 2. ``rehrseg_train_sr -d XXX --steps 600 150 600`` (r = 8 from the spacing);
 3. ``rehrseg_make_pseudohr``; 4. ``nnUNetv2_plan_and_preprocess``, ``rehrseg_plan`` with a small U-Net;
-5. ``nnUNetv2_train … all -tr REHRSegTrainer_cpu`` with ``nnUNet_n_proc_DA=0``;
+5. ``nnUNetv2_train … all -tr REHRSegTrainer_cpu50epochs`` (50 x 20 iterations) with ``nnUNet_n_proc_DA=0``;
 6. ``rehrseg_predict`` on the thick-slice images (HR grid).
 
 There is no HR truth: the check is that the HR segmentation, taken back to the thick-slice grid (the
@@ -39,7 +39,7 @@ from rehrseg_nnunet.training import EXT_TRAINER_FOLDER
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE_ID, TARGET_ID = 921, 922
 SR_STEPS = ["600", "150", "600"]
-TRAINER = "REHRSegTrainer_cpu"
+TRAINER = "REHRSegTrainer_cpu50epochs"  # 50 x 20 iterations: the 8 x 20 of REHRSegTrainer_cpu learnt no tumour
 
 
 def script(name: str) -> str:

@@ -36,7 +36,7 @@ from rehrseg_nnunet.training.teacher import DistillationTeacher
 __all__ = ["REHRSegTrainer", "REHRSegTrainer_noUASR", "REHRSegTrainer_noDistill", "REHRSegTrainer_noHRHead",
            "REHRSegTrainer_debug", "REHRSegTrainer_noUASR_debug", "REHRSegTrainer_noDistill_debug",
            "REHRSegTrainer_noHRHead_debug", "REHRSegTrainer_cpu", "REHRSegTrainer_noUASR_cpu",
-           "REHRSegTrainer_noDistill_cpu"]
+           "REHRSegTrainer_noDistill_cpu", "REHRSegTrainer_cpu50epochs"]
 
 install_pretrained_weights_hook()
 
@@ -293,3 +293,4 @@ REHRSegTrainer_noHRHead_debug = _short(REHRSegTrainer_noHRHead, 2, 3, "REHRSegTr
 REHRSegTrainer_cpu = _short(REHRSegTrainer, 8, 20, "REHRSegTrainer_cpu", skip_validation_of_fold_all=True)
 REHRSegTrainer_noUASR_cpu = _short(REHRSegTrainer_noUASR, 8, 20, "REHRSegTrainer_noUASR_cpu", skip_validation_of_fold_all=True)
 REHRSegTrainer_noDistill_cpu = _short(REHRSegTrainer_noDistill, 8, 20, "REHRSegTrainer_noDistill_cpu", skip_validation_of_fold_all=True)
+REHRSegTrainer_cpu50epochs = _short(REHRSegTrainer, 50, 20, "REHRSegTrainer_cpu50epochs", skip_validation_of_fold_all=True)
