@@ -6,10 +6,12 @@ whose message names the file and the fix.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
 import re
+import zlib
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -130,16 +132,32 @@ def load_raw_dataset(dataset: str | int) -> RawDataset:
     json_path = os.path.join(folder, "dataset.json")
     if not os.path.isfile(json_path):
         raise RehrsegInputError(f"{json_path} is missing: {folder} is not an nnU-Net raw dataset; create its dataset.json.")
-    with open(json_path) as handle:
-        dataset_json = json.load(handle)
+    try:
+        with open(json_path) as handle:
+            dataset_json = json.load(handle)
+    except ValueError as error:
+        raise RehrsegInputError(f"{json_path} is not valid JSON ({error}); fix the file.") from None
+    if not isinstance(dataset_json, dict):
+        raise RehrsegInputError(f"{json_path} does not hold a JSON object; write it in nnU-Net's dataset.json format.")
     for key in ("channel_names", "labels", "file_ending"):
         if key not in dataset_json:
             raise RehrsegInputError(f"{json_path} has no '{key}' entry; add it as nnU-Net's dataset format requires.")
+    for key in ("channel_names", "labels"):
+        if not isinstance(dataset_json[key], dict):
+            raise RehrsegInputError(f"{json_path}: '{key}' must be an object of name: value pairs, as in nnU-Net's "
+                                    f"dataset.json (e.g. {{\"background\": 0, \"tumour\": 1}}).")
     for name_, value in dataset_json["labels"].items():
-        if not isinstance(value, int):
+        if isinstance(value, str):
+            raise RehrsegInputError(f"{json_path}: label '{name_}' has the string value \"{value}\"; write label values "
+                                    f"as numbers (e.g. \"{name_}\": {value.strip() or 0}).")
+        if not isinstance(value, int) or isinstance(value, bool):
             raise RehrsegInputError(
                 f"{json_path}: label '{name_}' is a region ({value}); REHRSeg supports plain integer labels only."
             )
+    declared = sorted(int(v) for v in dataset_json["labels"].values())
+    if declared != list(range(len(declared))):
+        raise RehrsegInputError(f"{json_path}: label values {declared} are not consecutive from 0 (nnU-Net needs 0, 1, "
+                                f"..., K-1); renumber the labels and their files.")
     if "dataset" in dataset_json:
         raise RehrsegInputError(f"{json_path} lists files in a 'dataset' entry; REHRSeg reads imagesTr/labelsTr folders only.")
     file_ending = dataset_json["file_ending"]
@@ -220,7 +238,25 @@ def check_thick_slice_header(path: str, slice_axis: int, thick_spacing: float, m
             f"or use a model trained for this geometry.")
 
 
+def check_gzip_complete(path: str) -> None:
+    """A ``.gz`` file must decompress to its end: SimpleITK fills a truncated stream with zeros silently.
+
+    Raises:
+        RehrsegInputError: naming the file.
+    """
+    if not path.endswith(".gz"):
+        return
+    try:
+        with gzip.open(path, "rb") as handle:
+            while handle.read(1 << 24):
+                pass
+    except (EOFError, OSError, zlib.error) as error:
+        raise RehrsegInputError(f"{path} is truncated or corrupt ({error}); copy or export it again.") from None
+
+
 def read_image(path: str) -> sitk.Image:
+    """``sitk.ReadImage`` that refuses truncated ``.gz`` files and unreadable ones with one line."""
+    check_gzip_complete(path)
     try:
         return sitk.ReadImage(path)
     except RuntimeError as error:
@@ -230,7 +266,14 @@ def read_image(path: str) -> sitk.Image:
 
 def _check_finite(path: str, image: sitk.Image) -> None:
     array = sitk.GetArrayViewFromImage(image)
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    if path.endswith((".nii", ".nii.gz")):
+        # SimpleITK's NIfTI reader turns NaN and Inf into 0 without a word: look at the stored voxels
+        import nibabel
+
+        array = np.asanyarray(nibabel.load(path).dataobj)
+    if not np.isfinite(array).all():
         raise RehrsegInputError(f"{path} contains NaN or Inf voxels; replace them (e.g. by 0) before training.")
 
 
@@ -271,6 +314,12 @@ def read_case(case: RawCase, require_label: bool = True) -> tuple[list[sitk.Imag
 
 
 def check_label_values(path: str, label: np.ndarray, allowed: Sequence[int]) -> None:
+    """Label voxels must be whole numbers that dataset.json declares (nothing is rounded or dropped silently)."""
+    if np.issubdtype(label.dtype, np.floating):
+        fractional = label[label != np.round(label)]
+        if fractional.size:
+            raise RehrsegInputError(f"{path} holds non-integer label values (e.g. {float(fractional[0]):g}); labels must "
+                                    f"be whole class numbers: fix the label file.")
     present = np.unique(label)
     extra = sorted(set(present.tolist()) - set(int(v) for v in allowed))
     if extra:

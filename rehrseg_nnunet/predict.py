@@ -19,7 +19,7 @@ from nnunetv2.inference import predict_from_raw_data
 from nnunetv2.inference.export_prediction import export_prediction_from_logits
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-from rehrseg_nnunet.dataset_io import check_thick_slice_header
+from rehrseg_nnunet.dataset_io import check_gzip_complete, check_thick_slice_header
 from rehrseg_nnunet.errors import RehrsegInputError
 from rehrseg_nnunet.geometry import Grid
 from rehrseg_nnunet.planning import NETWORK_CLASS
@@ -152,6 +152,7 @@ def check_prediction_inputs(input_folder: str, model_folder: str, configuration:
             raise RehrsegInputError(f"{files[0]}: its case has {len(files)} channel file(s) but the model takes {channels} "
                                     f"(CASE_0000{ending} … CASE_{channels - 1:04d}{ending}); add or remove channels.")
         for path in files:
+            check_gzip_complete(path)
             check_thick_slice_header(path, int(settings["slice_axis"]), float(settings["lr_spacing"][0]),
                                      f"the model in {model_folder}")
     return len(cases)

@@ -19,11 +19,12 @@ import shutil
 import time
 from dataclasses import dataclass
 
+import SimpleITK as sitk
 from tqdm import tqdm
 
 from rehrseg_nnunet import __version__
-from rehrseg_nnunet.dataset_io import (RawCase, RawDataset, check_thick_slice_header, load_raw_dataset, raw_root,
-                                      read_case,
+from rehrseg_nnunet.dataset_io import (RawCase, RawDataset, check_label_values, check_thick_slice_header,
+                                      load_raw_dataset, raw_root, read_case,
                                       write_image_verified, write_json_atomically)
 from rehrseg_nnunet.errors import RehrsegInputError
 from rehrseg_nnunet.qc import Panel, save_qc_png
@@ -128,6 +129,15 @@ def check_case_geometry(config: SRConfig, job: CaseJob, model_folder: str) -> No
     for path in job.case.image_files:
         check_thick_slice_header(path, config.slice_axis, config.lr_spacing[config.slice_axis],
                                  f"the SR model in {model_folder}")
+
+
+def validate_cases(jobs: list[CaseJob], source: RawDataset) -> None:
+    """Read each case once: readable and complete files, finite voxels, one geometry for image and label, label
+    values declared in dataset.json and whole numbers. One line naming the file on the first problem."""
+    for job in jobs:  # no progress bar: reading is quick next to SR, and an error stays the only stderr line
+        _, label = read_case(job.case, require_label=job.split == "Tr")
+        if label is not None:
+            check_label_values(job.case.label_file, sitk.GetArrayViewFromImage(label), source.label_values)
 
 
 _RESOLVER: SuperResolver | None = None
@@ -245,14 +255,15 @@ def make_pseudohr(source_dataset: str, target_id: int, model_folder: str | None 
             raise RehrsegInputError(f"{job.case.label_file} is missing: case '{job.case.identifier}' has no label; add it.")
         check_case_geometry(config, job, model_folder)
     folder = target_folder_for(source, int(target_id))
-
-    os.makedirs(folder, exist_ok=True)
-    remove_stale_temporaries(folder)
-    write_dataset_json(folder, source, config, model_folder)
     mine = jobs[part_id::num_parts]
     todo = [job for job in mine
             if overwrite or not is_complete(expected_files(folder, job, source.num_channels, source.file_ending))]
     skipped = len(mine) - len(todo)
+    validate_cases(todo, source)  # every case this run will write, read and checked before anything is written
+
+    os.makedirs(folder, exist_ok=True)
+    remove_stale_temporaries(folder)
+    write_dataset_json(folder, source, config, model_folder)
     seconds = []
     started = time.perf_counter()
     bar = tqdm(total=len(todo), desc="pseudo-HR cases", unit="case", dynamic_ncols=True)

@@ -268,3 +268,19 @@ def test_cli_names_a_missing_prediction(folders):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "b.nii.gz" in lines[0] and "a.nii.gz" not in lines[0]
     assert not (prediction / "summary_rehrseg.json").exists()
+
+
+def test_cli_refuses_a_truncated_prediction(folders):
+    """SimpleITK reads a truncated .nii.gz as zero-filled; rehrseg_evaluate must not score it."""
+    reference, prediction = folders
+    big = np.zeros((40, 64, 64), dtype=np.uint8)
+    big[5:35, 10:50, 10:50] = 1
+    write_label(reference / "b.nii.gz", big)
+    write_label(prediction / "b.nii.gz", big)
+    data = (prediction / "b.nii.gz").read_bytes()
+    (prediction / "b.nii.gz").write_bytes(data[: len(data) // 2])
+    result = rehrseg_evaluate("-ref", reference, "-pred", prediction)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]  # after the progress bar
+    assert "Traceback" not in result.stderr and "b.nii.gz" in last and "truncated" in last, last
+    assert not (prediction / "summary_rehrseg.json").exists()

@@ -182,6 +182,58 @@ def test_bad_input_is_refused_and_writes_nothing(raw_copy, tmp_path):
     assert "trained for 4 mm slices" in line
 
 
+@pytest.mark.parametrize("problem", ["undeclared", "fractional", "nan_image", "label_geometry", "truncated"])
+def test_bad_case_content_is_refused_before_anything_is_written(raw_copy, problem):
+    """Checked in one pass over the cases before dataset.json or any case is written (labels were dropped or
+    rounded silently, NaN and geometry caught only after the first case was written)."""
+    source = raw_copy["source"]
+    label_path = source / "labelsTr" / "case001.nii.gz"
+    label = sitk.ReadImage(str(label_path))
+    array = sitk.GetArrayFromImage(label)
+    if problem == "undeclared":
+        array[0, 0, 0] = 5
+        expected = "label values [5]"
+    elif problem == "fractional":
+        array = array.astype(np.float32) + 0.5
+        expected = "non-integer label values"
+    if problem in ("undeclared", "fractional"):
+        changed = sitk.GetImageFromArray(array)
+        changed.CopyInformation(label)
+        sitk.WriteImage(changed, str(label_path))
+        fragment = "case001.nii.gz"
+    elif problem == "nan_image":
+        path = source / "imagesTr" / "case001_0000.nii.gz"
+        image = sitk.ReadImage(str(path))
+        values = sitk.GetArrayFromImage(image)
+        values[2, 3, 4] = np.nan
+        changed = sitk.GetImageFromArray(values)
+        changed.CopyInformation(image)
+        sitk.WriteImage(changed, str(path))
+        fragment, expected = "case001_0000.nii.gz", "NaN"
+    elif problem == "label_geometry":
+        label.SetOrigin((9.0, 9.0, 9.0))
+        sitk.WriteImage(label, str(label_path))
+        fragment, expected = "case001.nii.gz", "geometry"
+    else:
+        data = label_path.read_bytes()
+        label_path.write_bytes(data[: len(data) // 2])
+        fragment, expected = "case001.nii.gz", "truncated"
+    line = _refused(raw_copy, ["-d", "502", "-o", "605", "-m", raw_copy["model"]], fragment)
+    assert expected in line, line
+
+
+def test_labels_in_dataset_json_must_be_consecutive_numbers(raw_copy):
+    path = raw_copy["source"] / "dataset.json"
+    dataset_json = json.loads(path.read_text())
+    for labels, expected in (({"background": 0, "shell": 1, "core": 3}, "not consecutive"),
+                             ({"background": "0", "shell": "1", "core": "2"}, "string value"),
+                             (["background", "shell", "core"], "must be an object")):
+        path.write_text(json.dumps({**dataset_json, "labels": labels}))
+        _refused(raw_copy, ["-d", "502", "-o", "605", "-m", raw_copy["model"]], expected)
+    path.write_text("{not json")
+    _refused(raw_copy, ["-d", "502", "-o", "605", "-m", raw_copy["model"]], "not valid JSON")
+
+
 def test_a_write_beyond_the_file_size_limit_fails_cleanly_and_a_rerun_completes(raw_copy):
     """SimpleITK only prints "wrote only 0 of N bytes" when a file-size limit stops a write; every written
     image is read back before it is renamed into place, so the run fails with one line and leaves no case
