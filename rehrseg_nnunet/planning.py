@@ -264,11 +264,9 @@ def plan_dataset(dataset: str, source_plans: str = "nnUNetPlans", patch_size: li
     stock_path = os.path.join(folder, source_plans + ".json")
     if not os.path.isfile(stock_path):
         raise RehrsegInputError(f"{stock_path} is missing; run nnUNetv2_plan_and_preprocess -d {dataset} first.")
-    with open(stock_path) as handle:
-        plans = json.load(handle)
+    plans = read_json_file(stock_path, f"run nnUNetv2_plan_and_preprocess -d {dataset} again")
     dataset_json_path = os.path.join(nnUNet_raw, name, "dataset.json")
-    with open(dataset_json_path) as handle:
-        dataset_json = json.load(handle)
+    dataset_json = read_json_file(dataset_json_path, "fix the file (nnU-Net's dataset.json format)")
     metadata = rehrseg_metadata(dataset_json, dataset_json_path)
     teacher_channels = teacher_feature_channels(metadata)
     lr_plans_dict = None
