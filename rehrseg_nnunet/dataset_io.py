@@ -207,14 +207,18 @@ def write_image_verified(image: sitk.Image, path: str) -> None:
                                 f"file-size limit (ulimit -f) for {folder}.")
 
 
-def check_thick_slice_header(path: str, slice_axis: int, thick_spacing: float, model: str) -> None:
+def check_thick_slice_header(path: str, slice_axis: int, thick_spacing: float, scale_factor: int, model: str) -> None:
     """Header-only check that an image has the thick-slice geometry a model was trained for.
+
+    The image's slices must hold r of the model's HR slices (thick_spacing / r), rounded: e.g. 3.5-4.5 mm for
+    a model of 4 mm slices and r = 4 (a 3 mm case would get 0.75 mm HR slices, not the model's 1 mm); the
+    slice axis must be at least 1.5x coarser than in-plane.
 
     Args:
         path: the image file.
         slice_axis: the model's slice axis (x, y, z order).
-        thick_spacing: the model's slice spacing; the image's must be within 25 % of it, and at least 1.5x its
-            in-plane spacing.
+        thick_spacing: the model's slice spacing.
+        scale_factor: the model's r.
         model: how to name the model in the message (e.g. "the SR model in FOLDER").
 
     Raises:
@@ -231,11 +235,13 @@ def check_thick_slice_header(path: str, slice_axis: int, thick_spacing: float, m
         raise RehrsegInputError(f"{path} is {reader.GetDimension()}D; REHRSeg needs 3D thick-slice volumes.")
     spacing = reader.GetSpacing()
     in_plane = max(s for i, s in enumerate(spacing) if i != slice_axis)
-    if abs(spacing[slice_axis] - thick_spacing) > 0.25 * thick_spacing or in_plane * 1.5 > spacing[slice_axis]:
+    hr_spacing = thick_spacing / scale_factor
+    if round(spacing[slice_axis] / hr_spacing) != scale_factor or in_plane * 1.5 > spacing[slice_axis]:
+        low, high = (scale_factor - 0.5) * hr_spacing, (scale_factor + 0.5) * hr_spacing
         raise RehrsegInputError(
             f"{path} has spacing {tuple(round(s, 3) for s in spacing)} mm but {model} was trained for "
-            f"{thick_spacing:.3g} mm slices along {AXIS_NAMES[slice_axis]} (tolerance 25 %); resample or reorient it, "
-            f"or use a model trained for this geometry.")
+            f"{thick_spacing:.3g} mm slices along {AXIS_NAMES[slice_axis]} (r = {scale_factor}: {low:.3g}-{high:.3g} mm "
+            f"accepted); resample or reorient it, or use a model trained for this geometry.")
 
 
 def check_gzip_complete(path: str) -> None:

@@ -125,8 +125,8 @@ class REHRSegPredictor(nnUNetPredictor):
 def check_prediction_inputs(input_folder: str, model_folder: str, configuration: str = "3d_fullres") -> int:
     """Every input case must fit the model: its file ending, channel count, slice axis and slice spacing.
 
-    Slice spacing within 25 % of the model's thick slices and at least 1.5x the in-plane spacing, as the SR
-    model checks its inputs. Only headers are read.
+    Slices that hold r of the model's HR slices (rounded) and are at least 1.5x coarser than in-plane (see
+    :func:`rehrseg_nnunet.dataset_io.check_thick_slice_header`). Only headers are read.
 
     Returns:
         The number of cases.
@@ -154,7 +154,7 @@ def check_prediction_inputs(input_folder: str, model_folder: str, configuration:
         for path in files:
             check_gzip_complete(path)
             check_thick_slice_header(path, int(settings["slice_axis"]), float(settings["lr_spacing"][0]),
-                                     f"the model in {model_folder}")
+                                     int(settings["scale_factor"]), f"the model in {model_folder}")
     return len(cases)
 
 

@@ -127,7 +127,7 @@ def check_model_matches_dataset(config: SRConfig, source: RawDataset, model_fold
 def check_case_geometry(config: SRConfig, job: CaseJob, model_folder: str) -> None:
     """Header-only check that a case has the thick-slice geometry the model was trained for."""
     for path in job.case.image_files:
-        check_thick_slice_header(path, config.slice_axis, config.lr_spacing[config.slice_axis],
+        check_thick_slice_header(path, config.slice_axis, config.lr_spacing[config.slice_axis], config.scale_factor,
                                  f"the SR model in {model_folder}")
 
 

@@ -222,6 +222,17 @@ def test_bad_case_content_is_refused_before_anything_is_written(raw_copy, proble
     assert expected in line, line
 
 
+def test_a_3mm_case_among_4mm_ones_is_refused(raw_copy):
+    """Its HR grid would be 0.75 mm while the dataset's is 1 mm: refused before anything is written."""
+    source = raw_copy["source"]
+    for path in [*(source / "imagesTr").glob("case001_*.nii.gz"), source / "labelsTr" / "case001.nii.gz"]:
+        image = sitk.ReadImage(str(path))
+        image.SetSpacing((1.0, 1.0, 3.0))
+        sitk.WriteImage(image, str(path))
+    line = _refused(raw_copy, ["-d", "502", "-o", "605", "-m", raw_copy["model"]], "case001_0000.nii.gz")
+    assert "trained for 4 mm slices along z (r = 4: 3.5-4.5 mm accepted)" in line, line
+
+
 def test_labels_in_dataset_json_must_be_consecutive_numbers(raw_copy):
     path = raw_copy["source"] / "dataset.json"
     dataset_json = json.loads(path.read_text())

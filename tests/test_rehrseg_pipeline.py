@@ -152,7 +152,7 @@ def test_bad_input_gives_one_clear_line(pipeline):
 
 
 def test_inputs_the_model_was_not_trained_for_are_refused(pipeline, tmp_path):
-    """A thick axis other than the model's, or a slice spacing off by more than 25 %: one line naming the file."""
+    """A thick axis other than the model's, or slices that do not hold r HR slices: one line naming the file."""
     source = pipeline["raw"] / "Dataset502_Phantom" / "imagesTr"
     for name, change in (("foreign_axis", lambda im: sitk.PermuteAxes(im, [2, 1, 0])),  # 4 mm along x
                          ("six_mm", lambda im: _with_spacing(im, (1.0, 1.0, 6.0)))):
@@ -179,7 +179,7 @@ def _with_spacing(image, spacing):
 
 
 def test_every_voxel_is_covered_when_the_slices_are_not_a_multiple_of_the_window_step(pipeline, tmp_path):
-    """4.3 mm slices (within the 25 % tolerance) on a 1 mm model grid: 4.3 n HR slices (39, 43, 47), not a multiple of r;
+    """4.3 mm slices (accepted: 4.3 / 1 mm rounds to r = 4) on a 1 mm model grid: 4.3 n HR slices (39, 43, 47), not a multiple of r;
     the last window must still reach the end (else its logits stay NaN and export as background)."""
     source = pipeline["raw"] / "Dataset502_Phantom" / "imagesTr"
     folder = tmp_path / "inputs"
