@@ -197,3 +197,17 @@ def test_unknown_dataset_id_is_rejected(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "777" in lines[0] and "does not exist" in lines[0]
     assert not (tmp_path / "model").exists()
+
+
+def test_a_scale_factor_other_than_the_acquisition_ratio_is_explained(tmp_path):
+    """--scale-factor 2 on 4 mm / 1 mm data: the run goes on, and says in one line what grid and pairs that gives."""
+    raw = tmp_path / "raw"
+    write_thick_slice_dataset(str(raw), dataset_id=505, num_cases=1, shape=(32, 32, 32))
+    model = tmp_path / "model"
+    result = run_script("rehrseg_train_sr", ["-d", "505", "-o", str(model), "--steps", "1", "--scale-factor", "2",
+                                             "-device", "cpu"], {"nnUNet_raw": str(raw)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    notes = [line for line in (result.stdout + result.stderr).splitlines() if "is not the acquisition's ratio" in line]
+    assert len(notes) == 1, result.stdout[-2000:]
+    assert "r = 2" in notes[0] and "ratio 4.00" in notes[0] and "2 mm slices" in notes[0]
+    assert json.loads((model / "config.json").read_text())["hr_spacing"] == [1.0, 1.0, 2.0]

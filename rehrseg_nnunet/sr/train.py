@@ -381,6 +381,11 @@ def train_sr(dataset: str, output: str | None = None, device: str | None = None,
     log(f"dataset {raw.name}: {len(cases)} case(s), slice axis {'xyz'[geometry.slice_axis]}, r = {geometry.scale_factor}, "
         f"preset {preset}, device {torch_device}, steps {stage_steps}")
     r = geometry.scale_factor
+    thick, fine = geometry.lr_spacing[geometry.slice_axis], float(np.mean(in_plane))
+    if round(thick / fine) != r:  # --scale-factor overrode the acquisition's ratio: say what that means
+        log(f"note: r = {r} is not the acquisition's ratio {thick / fine:.2f} ({thick:g} mm / {fine:g} mm): the HR grid "
+            f"gets {thick / r:.3g} mm slices (neither the in-plane {fine:g} mm nor the acquired {thick:g} mm), and the "
+            f"training pairs blur in-plane rows with the {thick:g} mm slice profile but keep every {r}th row")
     c = config.image_channels
 
     if not os.path.isfile(final_checkpoint(model_folder, "1a")):
