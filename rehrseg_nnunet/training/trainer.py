@@ -30,7 +30,7 @@ from rehrseg_nnunet.planning import NETWORK_CLASS, PLANS_NAME
 from rehrseg_nnunet.pseudohr import sr_model_folder
 from rehrseg_nnunet.training.dataloader import UncertaintyDataLoader
 from rehrseg_nnunet.training.fine_tuning import (FINE_TUNING_LR, LOADED_ATTRIBUTE, STATE_KEY,
-                                                 install_pretrained_weights_hook)
+                                                 install_pretrained_weights_hook, unwrap)
 from rehrseg_nnunet.training.teacher import DistillationTeacher
 
 __all__ = ["REHRSegTrainer", "REHRSegTrainer_noUASR", "REHRSegTrainer_noDistill", "REHRSegTrainer_noHRHead",
@@ -112,8 +112,7 @@ class REHRSegTrainer(nnUNetTrainer):
         self._apply_fine_tuning_state()
 
     def _unwrapped(self) -> REHRSegUNet:
-        network = self.network.module if self.is_ddp else self.network
-        return getattr(network, "_orig_mod", network)
+        return unwrap(self.network)
 
     # --- data -----------------------------------------------------------------------------------------
     def do_split(self):
