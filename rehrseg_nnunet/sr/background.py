@@ -46,8 +46,7 @@ def hr_background_mask(lr_background: np.ndarray, scale_factor: int) -> np.ndarr
 
 def nearest_foreground_value(channel: np.ndarray, background: float) -> float:
     """The source value closest to the background among the other values (the background itself if none)."""
-    values = np.unique(channel)
-    others = values[values != background]
+    others = channel[channel != background]  # one pass, no sort of the whole volume
     return float(others[np.abs(others - background).argmin()]) if others.size else background
 
 
@@ -71,7 +70,9 @@ def restore_source_intensities(hr: np.ndarray, lr: np.ndarray, scale_factor: int
         value = background_value(lr[channel])
         mask = None if value is None else hr_background_mask(lr[channel] == value, scale_factor)
         if mask is not None:
-            hr[channel][(hr[channel] == value) & ~mask] = nearest_foreground_value(lr[channel], value)
+            clipped_onto_background = (hr[channel] == value) & ~mask
+            if clipped_onto_background.any():
+                hr[channel][clipped_onto_background] = nearest_foreground_value(lr[channel], value)
             hr[channel][mask] = value
         masks.append(mask)
     if any(mask is None for mask in masks):
