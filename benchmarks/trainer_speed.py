@@ -30,7 +30,8 @@ def script(name: str) -> str:
     return os.path.join(os.path.dirname(sys.executable), name)
 
 
-def time_training(trainer_class, plans, dataset_json, device, iterations: int) -> float:
+def started_trainer(trainer_class, plans, dataset_json, device):
+    """A trainer inside its first epoch, after 2 warm-up steps."""
     import torch
     trainer = trainer_class({**plans, "continue_training": False}, "3d_fullres", "all", dataset_json, torch.device(device))
     trainer.num_epochs = 1
@@ -39,6 +40,11 @@ def time_training(trainer_class, plans, dataset_json, device, iterations: int) -
     trainer.on_train_epoch_start()
     for _ in range(2):  # warm-up
         trainer.train_step(next(trainer.dataloader_train))
+    return trainer
+
+
+def time_training(trainer_class, plans, dataset_json, device, iterations: int) -> float:
+    trainer = started_trainer(trainer_class, plans, dataset_json, device)
     batches = [next(trainer.dataloader_train) for _ in range(iterations)]
     started = time.perf_counter()
     for batch in batches:
@@ -46,6 +52,33 @@ def time_training(trainer_class, plans, dataset_json, device, iterations: int) -
     seconds = (time.perf_counter() - started) / iterations
     trainer.on_train_end()
     return seconds
+
+
+# the parts REHRSegTrainer.train_step names with torch.profiler.record_function
+STEP_PARTS = ("rehrseg.targets", "rehrseg.teacher", "rehrseg.network_forward", "rehrseg.losses", "rehrseg.backward",
+              "rehrseg.optimizer", "rehrseg.hr_head")
+
+
+def profile_training(trainer_class, plans, dataset_json, device, iterations: int) -> tuple[dict, str]:
+    """torch.profiler over ``iterations`` REHRSeg steps (batches fetched before): seconds per step of each
+    named part, its share of the step, and the profiler's table."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+    trainer = started_trainer(trainer_class, plans, dataset_json, device)
+    batches = [next(trainer.dataloader_train) for _ in range(iterations)]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        for batch in batches:
+            with record_function("rehrseg.step"):
+                trainer.train_step(batch)
+    trainer.on_train_end()
+    events = {e.key: e for e in profiler.key_averages()}
+    step = events["rehrseg.step"].cpu_time_total
+    parts = {name: events[name].cpu_time_total / step for name in STEP_PARTS if name in events}
+    # the network's own forward and backward; everything else in the step is overhead of the method's step
+    parts["outside_forward_backward"] = 1 - parts["rehrseg.network_forward"] - parts["rehrseg.backward"]
+    parts["step_seconds"] = step / iterations / 1e6
+    table = profiler.key_averages().table(sort_by="cpu_time_total", row_limit=25)
+    return parts, table
 
 
 def time_prediction(trainer_class, predictor_class, plans, dataset_json, device, inputs, output) -> float:
@@ -99,7 +132,7 @@ def main() -> None:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from rehrseg_nnunet.predict import REHRSegPredictor, export_hr_prediction
     from nnunetv2.inference import predict_from_raw_data
-    from rehrseg_nnunet.training.trainer import REHRSegTrainer
+    from rehrseg_nnunet.training.trainer import REHRSegTrainer, REHRSegTrainer_noHRHead
 
     folder = os.path.join(env["nnUNet_preprocessed"], "Dataset702_SpeedPseudoHR")
     with open(os.path.join(folder, "REHRSegPlans.json")) as handle:
@@ -128,6 +161,18 @@ def main() -> None:
     results["iteration_seconds_nnunet"] = time_training(nnUNetTrainer, stock_plans, dataset_json, args.device, args.iterations)
     results["iteration_seconds_rehrseg"] = time_training(REHRSegTrainer, rehrseg_plans, dataset_json, args.device, args.iterations)
     results["iteration_ratio"] = results["iteration_seconds_rehrseg"] / results["iteration_seconds_nnunet"]
+    # the HR head's cost, forward and backward: the same step without it (LR logits upsampled instead)
+    results["iteration_seconds_rehrseg_no_hr_head"] = time_training(REHRSegTrainer_noHRHead, rehrseg_plans,
+                                                                    dataset_json, args.device, args.iterations)
+    results["hr_head_share_of_iteration"] = 1 - (results["iteration_seconds_rehrseg_no_hr_head"]
+                                                 / results["iteration_seconds_rehrseg"])
+    shares, table = profile_training(REHRSegTrainer, rehrseg_plans, dataset_json, args.device, args.iterations)
+    results["profile_share_of_step"] = shares
+    profile_path = os.path.splitext(args.output)[0] + "_profile.txt"
+    with open(profile_path, "w") as handle:
+        handle.write(f"{results['patch_size']} patch, batch {results['batch_size']}, {args.device}, "
+                     f"{args.iterations} steps\n{table}\n")
+    print(table)
     inputs = os.path.join(env["nnUNet_raw"], "Dataset701_Speed", "imagesTr")
     results["predict_seconds_nnunet"] = time_prediction(nnUNetTrainer, nnUNetPredictor, stock_plans, dataset_json,
                                                         args.device, inputs, os.path.join(work, "pred_nnunet"))

@@ -13,7 +13,7 @@ import os
 import re
 import zlib
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import BinaryIO, Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -171,17 +171,37 @@ def load_raw_dataset(dataset: str | int) -> RawDataset:
     return RawDataset(name, folder, dataset_json, training, test)
 
 
-def write_json_atomically(path: str, content: object) -> None:
-    """``json.dump`` to a per-process temporary name beside ``path``, then rename: no reader ever sees a
-    partial file, and an interrupted write leaves the previous version (or nothing)."""
+def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Write a file through ``write(handle)`` to a per-process temporary name beside ``path``, then rename:
+    no reader ever sees a partial file, and an interrupted write leaves the previous version (or nothing).
+
+    Raises:
+        RehrsegInputError: the write failed (disk full, file-size limit, read-only folder); the temporary
+            file is removed and ``path`` is untouched.
+    """
     temporary = f"{path}.{os.getpid()}.tmp"
     try:
-        with open(temporary, "w") as handle:
-            json.dump(content, handle, indent=2)
+        with open(temporary, "wb") as handle:
+            write(handle)
         os.replace(temporary, path)
+    except (OSError, RuntimeError) as error:  # torch.save reports a short write as RuntimeError
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else "the write stopped part-way"
+        raise RehrsegInputError(f"could not write {path} ({reason}); free disk space, lift the "
+                                f"file-size limit (ulimit -f) or choose a writable output folder, then run it again."
+                                ) from error
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def write_json_atomically(path: str, content: object) -> None:
+    """``json.dump`` through :func:`write_atomically`."""
+    write_atomically(path, lambda handle: handle.write(json.dumps(content, indent=2).encode()))
+
+
+def save_npy_atomically(path: str, array: np.ndarray) -> None:
+    """``np.save`` through :func:`write_atomically`."""
+    write_atomically(path, lambda handle: np.save(handle, array))
 
 
 def write_image_verified(image: sitk.Image, path: str) -> None:

@@ -126,9 +126,19 @@ def labels_to_lr_tensor(labels: torch.Tensor, scale_factor: int, num_classes: in
         raise ValueError(f"{s} slices along axis 2 are not a multiple of r = {r}.")
     groups = labels.view(b, c, s // r, r, *rest)
     centre = groups[:, :, :, r // 2]
-    # two points per vote plus one for the centre slice: a tie goes to the centre's label
-    score = torch.stack([2 * (groups == k).sum(3, dtype=torch.int32) + (centre == k) for k in range(num_classes)])
-    return score.argmax(0).to(labels.dtype)  # the first maximum: the smallest class among equals
+    best_score = best_class = None
+    for k in range(num_classes):
+        # two points per vote plus one for the centre slice: a tie goes to the centre's label
+        score = 2 * (groups == k).sum(3, dtype=torch.int32) + (centre == k)
+        if best_class is None:
+            best_score, best_class = score, torch.zeros_like(score)
+        else:
+            # strictly better only, so ties left go to the smallest class (a running maximum instead of
+            # argmax over a stacked score: argmax over the class axis is ~10x slower on CPU)
+            better = score > best_score
+            best_score = torch.where(better, score, best_score)
+            best_class = torch.where(better, torch.full_like(best_class, k), best_class)
+    return best_class.to(labels.dtype)
 
 
 def simulate_thick_slices(image: sitk.Image, slice_axis: int, scale_factor: int,

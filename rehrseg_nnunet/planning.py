@@ -21,7 +21,7 @@ import pickle
 import numpy as np
 from tqdm import tqdm
 
-from rehrseg_nnunet.dataset_io import write_json_atomically
+from rehrseg_nnunet.dataset_io import save_npy_atomically, write_json_atomically
 from rehrseg_nnunet.errors import RehrsegInputError
 
 PLANS_NAME = "REHRSegPlans"
@@ -234,9 +234,7 @@ def preprocess_uncertainty(raw_folder: str, preprocessed_folder: str, plans: dic
         if tuple(new_shape) != tuple(array.shape[1:]):
             array = resample_data_or_seg_to_shape(array, new_shape, original_spacing, target_spacing, is_seg=False,
                                                   order=1, order_z=0, force_separate_z=None)
-        temp = target + f".{os.getpid()}.tmp.npy"
-        np.save(temp, np.clip(array, 0, 1).astype(np.float16))
-        os.replace(temp, target)
+        save_npy_atomically(target, np.clip(array, 0, 1).astype(np.float16))
         written += 1
     return written
 

@@ -10,6 +10,7 @@ window starts at a thick-slice boundary (the network's pooling then recovers the
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import sys
@@ -123,10 +124,29 @@ class REHRSegPredictor(nnUNetPredictor):
 
 
 def check_prediction_inputs(input_folder: str, model_folder: str, configuration: str = "3d_fullres") -> int:
+    """:func:`check_input_folder` for the model stored in ``model_folder``.
+
+    Returns:
+        The number of cases.
+    """
+    with open(os.path.join(model_folder, "dataset.json")) as handle:
+        dataset_json = json.load(handle)
+    with open(os.path.join(model_folder, "plans.json")) as handle:
+        settings = json.load(handle)["configurations"][configuration]["rehrseg"]
+    return check_input_folder(input_folder, dataset_json, settings, f"the model in {model_folder}")
+
+
+def check_input_folder(input_folder: str, dataset_json: dict, settings: dict, model: str) -> int:
     """Every input case must fit the model: its file ending, channel count, slice axis and slice spacing.
 
     Slices that hold r of the model's HR slices (rounded) and are at least 1.5x coarser than in-plane (see
     :func:`rehrseg_nnunet.dataset_io.check_thick_slice_header`). Only headers are read.
+
+    Args:
+        input_folder: nnU-Net-style folder of CASE_XXXX images.
+        dataset_json: the model's dataset.json.
+        settings: the ``rehrseg`` block of the model's configuration.
+        model: how error messages name the model.
 
     Returns:
         The number of cases.
@@ -136,10 +156,6 @@ def check_prediction_inputs(input_folder: str, model_folder: str, configuration:
     """
     from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
 
-    with open(os.path.join(model_folder, "dataset.json")) as handle:
-        dataset_json = json.load(handle)
-    with open(os.path.join(model_folder, "plans.json")) as handle:
-        settings = json.load(handle)["configurations"][configuration]["rehrseg"]
     ending, channels = dataset_json["file_ending"], len(dataset_json["channel_names"])
     if not os.path.isdir(input_folder):
         raise RehrsegInputError(f"the input folder {input_folder} does not exist; pass the folder of thick-slice images.")
@@ -154,8 +170,45 @@ def check_prediction_inputs(input_folder: str, model_folder: str, configuration:
         for path in files:
             check_gzip_complete(path)
             check_thick_slice_header(path, int(settings["slice_axis"]), float(settings["lr_spacing"][0]),
-                                     int(settings["scale_factor"]), f"the model in {model_folder}")
+                                     int(settings["scale_factor"]), model)
     return len(cases)
+
+
+def install_stock_predictor_hook() -> None:
+    """Give stock ``nnUNetv2_predict`` with a REHRSeg model what ``rehrseg_predict`` has: every input checked
+    against the model (one line naming the file, exit status 2, nothing written) and sliding windows that
+    start at thick-slice boundaries. Its export stays nnU-Net's (the LR input grid).
+
+    nnU-Net imports the trainer shim while it initialises the predictor from the model folder, so this runs
+    before ``predict_from_files``; models without a ``rehrseg`` block are left alone.
+    """
+    for name in ("predict_from_files", "predict_from_files_sequential"):
+        original = getattr(nnUNetPredictor, name)
+        if not getattr(original, "rehrseg_hook", False):
+            setattr(nnUNetPredictor, name, _with_rehrseg_checks(original))
+
+
+def _with_rehrseg_checks(predict_method):
+    # nnU-Net reads its own parameters back through inspect.signature(self.predict_from_files): keep them
+    @functools.wraps(predict_method)
+    def predict(self, list_of_lists_or_source_folder, *args, **kwargs):
+        manager = getattr(self, "configuration_manager", None)
+        settings = rehrseg_settings(manager) if manager is not None else {}
+        if settings and not isinstance(self, REHRSegPredictor):
+            if isinstance(list_of_lists_or_source_folder, str):
+                try:
+                    check_input_folder(list_of_lists_or_source_folder, self.dataset_json, settings,
+                                       f"the REHRSeg model ({self.trainer_name})")
+                except RehrsegInputError as error:
+                    print(f"nnUNetv2_predict: error: {error}", file=sys.stderr)
+                    raise SystemExit(2) from None
+            # the same network and weights; only the window placement (and the short-image padding) differ
+            self.__class__ = REHRSegPredictor
+            self.scale_factor = int(settings["scale_factor"])
+        return predict_method(self, list_of_lists_or_source_folder, *args, **kwargs)
+
+    predict.rehrseg_hook = True
+    return predict
 
 
 def ensure_ext_trainer_path() -> None:

@@ -34,6 +34,19 @@ def run_script(name: str, args: list[str], env: dict, timeout: float = 600) -> s
                           timeout=timeout)
 
 
+def assert_ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Non-zero exit, no traceback, and every fragment on the last line of stderr."""
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    for fragment in fragments:
+        assert fragment in last, last
+
+
 #: geometry of the phantom HR volumes behind the session's SR model: rotated 20 degrees about y
 COS20, SIN20 = 0.9396926207859084, 0.3420201433256687
 PHANTOM_DIRECTION = (COS20, 0.0, SIN20, 0.0, 1.0, 0.0, -SIN20, 0.0, COS20)

@@ -237,6 +237,7 @@ def test_cli_takes_labels_and_ending_from_dataset_json(folders, tmp_path):
     assert len(refused.stderr.strip().splitlines()) == 1 and "-l 4" in refused.stderr
 
 
+@pytest.mark.bad_input
 def test_cli_refuses_another_grid_then_resamples(folders, tmp_path):
     reference, prediction = folders
     # one extra (empty) slice below, the origin moved down by one slice (2 mm): the same physical voxels, so
@@ -260,6 +261,7 @@ def test_cli_refuses_another_grid_then_resamples(folders, tmp_path):
     assert rows["b"]["foreground"] == pytest.approx(B_FOREGROUND)
 
 
+@pytest.mark.bad_input
 def test_cli_names_a_missing_prediction(folders):
     reference, prediction = folders
     os.remove(prediction / "b.nii.gz")
@@ -270,6 +272,7 @@ def test_cli_names_a_missing_prediction(folders):
     assert not (prediction / "summary_rehrseg.json").exists()
 
 
+@pytest.mark.bad_input
 def test_cli_refuses_a_truncated_prediction(folders):
     """SimpleITK reads a truncated .nii.gz as zero-filled; rehrseg_evaluate must not score it."""
     reference, prediction = folders

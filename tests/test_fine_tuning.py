@@ -16,24 +16,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import run_script
+from conftest import assert_ok, assert_one_line_error, run_script
 from rehrseg_nnunet.training import EXT_TRAINER_FOLDER
 
 pytestmark = pytest.mark.slow
 
 TRAINER = "REHRSegTrainer_debug"
 
-
-def assert_ok(result):
-    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.returncode != 0, result.stdout[-2000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    last = result.stderr.strip().splitlines()[-1]
-    for fragment in fragments:
-        assert fragment in last, last
 
 
 def logged_learning_rates(log_text: str) -> list[float]:
@@ -99,6 +88,7 @@ def fine_tuned(tmp_path_factory, trained_sr_model):
     return out
 
 
+@pytest.mark.bad_input
 def test_topology_mismatch_is_one_line_naming_the_plans_to_use(fine_tuned):
     assert_one_line_error(fine_tuned["mismatch"], fine_tuned["checkpoint"], "rehrseg_plan", "--lr_plans")
 
@@ -120,6 +110,7 @@ def test_every_lr_tensor_is_loaded_and_the_rate_is_the_fine_tuning_one(fine_tune
     assert tuned["init_args"]["rehrseg_fine_tuning"]["initial_lr"] == 0.001
 
 
+@pytest.mark.bad_input
 def test_continue_keeps_the_fine_tuning_rate(fine_tuned):
     """An interruption after epoch 0 (what checkpoint_latest holds then), continued with --c."""
     fold = fine_tuned["model"] / "fold_all"
@@ -175,6 +166,7 @@ def test_validation_prediction_and_export_work_without_the_sr_model(fine_tuned):
         assert a.GetSpacing() == b.GetSpacing() and a.GetOrigin() == b.GetOrigin()
 
 
+@pytest.mark.bad_input
 def test_fold_0_of_two_cases_is_one_line(fine_tuned):
     result = run_script("nnUNetv2_train", ["616", "3d_fullres", "0", "-tr", TRAINER, "-p", "REHRSegPlans",
                                            "-device", "cpu"], fine_tuned["train_env"])

@@ -34,6 +34,7 @@ def make(raw_copy, *extra):
                                                 *extra], raw_copy["env"])
 
 
+@pytest.mark.bad_input  # kept scenario: 20-degree rotated geometry exact, source untouched
 def test_pseudohr_dataset_geometry_values_and_metadata(raw_copy):
     before = tree_digest(raw_copy["source"])
     result = make(raw_copy)
@@ -84,6 +85,7 @@ def test_pseudohr_dataset_geometry_values_and_metadata(raw_copy):
     assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
 
 
+@pytest.mark.bad_input
 def test_two_parts_and_two_workers_give_the_same_files_as_one_process(raw_copy):
     assert make(raw_copy, "-part_id", "0", "-num_parts", "2").returncode == 0
     assert make(raw_copy, "-part_id", "1", "-num_parts", "2").returncode == 0
@@ -106,6 +108,7 @@ def test_two_parts_and_two_workers_give_the_same_files_as_one_process(raw_copy):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=f"{other.name}/{name}")
 
 
+@pytest.mark.bad_input
 def test_interrupted_run_is_completed_by_a_rerun(tmp_path, trained_sr_model):
     raw = tmp_path / "raw"
     write_thick_slice_dataset(str(raw), dataset_id=504, channels=2, num_cases=8, direction=PHANTOM_DIRECTION,
@@ -143,6 +146,7 @@ def _refused(raw_copy, args, expected):
     return lines[0]
 
 
+@pytest.mark.bad_input
 def test_bad_input_is_refused_and_writes_nothing(raw_copy, tmp_path):
     model = raw_copy["model"]
     # not an nnU-Net raw dataset
@@ -182,6 +186,7 @@ def test_bad_input_is_refused_and_writes_nothing(raw_copy, tmp_path):
     assert "trained for 4 mm slices" in line
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("problem", ["undeclared", "fractional", "nan_image", "label_geometry", "truncated"])
 def test_bad_case_content_is_refused_before_anything_is_written(raw_copy, problem):
     """Checked in one pass over the cases before dataset.json or any case is written (labels were dropped or
@@ -222,6 +227,7 @@ def test_bad_case_content_is_refused_before_anything_is_written(raw_copy, proble
     assert expected in line, line
 
 
+@pytest.mark.bad_input
 def test_a_3mm_case_among_4mm_ones_is_refused(raw_copy):
     """Its HR grid would be 0.75 mm while the dataset's is 1 mm: refused before anything is written."""
     source = raw_copy["source"]
@@ -233,6 +239,7 @@ def test_a_3mm_case_among_4mm_ones_is_refused(raw_copy):
     assert "trained for 4 mm slices along z (r = 4: 3.5-4.5 mm accepted)" in line, line
 
 
+@pytest.mark.bad_input
 def test_labels_in_dataset_json_must_be_consecutive_numbers(raw_copy):
     path = raw_copy["source"] / "dataset.json"
     dataset_json = json.loads(path.read_text())
@@ -245,6 +252,7 @@ def test_labels_in_dataset_json_must_be_consecutive_numbers(raw_copy):
     _refused(raw_copy, ["-d", "502", "-o", "605", "-m", raw_copy["model"]], "not valid JSON")
 
 
+@pytest.mark.bad_input
 def test_a_write_beyond_the_file_size_limit_fails_cleanly_and_a_rerun_completes(raw_copy):
     """SimpleITK only prints "wrote only 0 of N bytes" when a file-size limit stops a write; every written
     image is read back before it is renamed into place, so the run fails with one line and leaves no case
@@ -272,6 +280,7 @@ def test_a_write_beyond_the_file_size_limit_fails_cleanly_and_a_rerun_completes(
         np.testing.assert_array_equal(simpleitk, from_nibabel.transpose(2, 1, 0))
 
 
+@pytest.mark.bad_input
 def test_dataset_names_and_ids_cannot_escape(raw_copy):
     """-d takes an id or an exact folder name (no path tricks); -o an id from 1 to 999."""
     before = sorted(os.listdir(raw_copy["raw"]))

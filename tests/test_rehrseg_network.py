@@ -9,7 +9,7 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 
 from rehrseg_nnunet.losses import cosine_distillation, structural_distillation, uncertainty_weighted_ce
-from rehrseg_nnunet.network import REHRSegUNet, pool_thick_slices
+from rehrseg_nnunet.network import REHRSegUNet, pool_thick_slices, slice_upsampled_conv
 from rehrseg_nnunet.errors import RehrsegInputError
 from rehrseg_nnunet.training.fine_tuning import LOADED_ATTRIBUTE, inner_unet_keys, load_lr_weights
 
@@ -26,6 +26,25 @@ def build(r: int, deep_supervision: bool = True, distillation_channels: int = 6)
     torch.manual_seed(0)
     return REHRSegUNet(**UNET_KWARGS, deep_supervision=deep_supervision, scale_factor=r,
                        distillation_channels=distillation_channels)
+
+
+@pytest.mark.parametrize("shape, hr_slices", [((2, 8, 5, 9, 7), 20), ((1, 4, 3, 6, 11), 9), ((1, 6, 1, 5, 5), 4)])
+def test_hr_head_conv_on_the_lr_grid_equals_conv_of_the_upsampled_map(shape, hr_slices):
+    """The HR head's first conv, computed per LR slice and mixed by the interpolation weights, gives what
+    the method defines (trilinear upsampling along the slice axis, then conv 3x3x3), values and gradients."""
+    torch.manual_seed(1)
+    conv = torch.nn.Conv3d(shape[1], 5, 3, padding=1).double()
+    features = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    upsampled = torch.nn.functional.interpolate(features, size=(hr_slices, *shape[3:]), mode="trilinear",
+                                                align_corners=False)
+    reference, fast = conv(upsampled), slice_upsampled_conv(features, conv, hr_slices)
+    assert fast.shape == reference.shape == (shape[0], 5, hr_slices, *shape[3:])
+    torch.testing.assert_close(fast, reference, rtol=0, atol=1e-12)
+    upstream = torch.randn_like(reference)
+    expected = torch.autograd.grad((reference * upstream).sum(), [features, conv.weight, conv.bias])
+    got = torch.autograd.grad((fast * upstream).sum(), [features, conv.weight, conv.bias])
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("r", [2, 3, 4])

@@ -8,12 +8,14 @@ is rotated 20 degrees about y.
 import json
 import os
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import PHANTOM_DIRECTION, PHANTOM_ORIGIN, run_script
+from conftest import (PHANTOM_DIRECTION, PHANTOM_ORIGIN, assert_ok, assert_one_line_error, console_script,
+                      run_script)
 from rehrseg_nnunet.training import EXT_TRAINER_FOLDER
 
 pytestmark = pytest.mark.slow
@@ -22,17 +24,6 @@ TRAINER = "REHRSegTrainer_debug"
 PREDICT_FLAGS = ["-d", "612", "-tr", TRAINER, "-p", "REHRSegPlans", "-c", "3d_fullres", "-f", "all", "-device", "cpu",
                  "-npp", "1", "-nps", "1"]
 
-
-def assert_ok(result):
-    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    last = result.stderr.strip().splitlines()[-1]
-    for fragment in fragments:
-        assert fragment in last, last
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +115,7 @@ def _copy_preprocessed(pipeline, new_id: int, edit) -> None:
     (target / "REHRSegPlans.json").write_text(json.dumps(plans))
 
 
+@pytest.mark.bad_input
 def test_bad_input_gives_one_clear_line(pipeline):
     env = pipeline["train_env"]
     args = ["3d_fullres", "all", "-tr", TRAINER, "-device", "cpu"]
@@ -151,6 +143,7 @@ def test_bad_input_gives_one_clear_line(pipeline):
     assert not (pipeline["root"] / "never").exists() or not any((pipeline["root"] / "never").glob("*.nii.gz"))
 
 
+@pytest.mark.bad_input
 def test_inputs_the_model_was_not_trained_for_are_refused(pipeline, tmp_path):
     """A thick axis other than the model's, or slices that do not hold r HR slices: one line naming the file."""
     source = pipeline["raw"] / "Dataset502_Phantom" / "imagesTr"
@@ -165,11 +158,54 @@ def test_inputs_the_model_was_not_trained_for_are_refused(pipeline, tmp_path):
                             pipeline["env"])
         assert_one_line_error(result, "odd_0000.nii.gz", "slices along z")
         assert not (tmp_path / f"out_{name}").exists()
+        # stock nnUNetv2_predict with the REHRSeg model checks the same (nnU-Net itself creates -o first)
+        stock = run_script("nnUNetv2_predict", ["-i", str(folder), "-o", str(tmp_path / f"stock_{name}"),
+                                                *PREDICT_FLAGS], {**pipeline["env"], "nnUNet_extTrainer": EXT_TRAINER_FOLDER})
+        assert_one_line_error(stock, "nnUNetv2_predict: error:", "odd_0000.nii.gz", "slices along z")
+        stock_output = tmp_path / f"stock_{name}"
+        assert not stock_output.exists() or not any(stock_output.iterdir())
     empty = tmp_path / "no_nifti"
     empty.mkdir()
     (empty / "case_0000.nrrd").write_bytes(b"")
     assert_one_line_error(run_script("rehrseg_predict", ["-i", str(empty), "-o", str(tmp_path / "o"), *PREDICT_FLAGS],
                                      pipeline["env"]), "holds no CASE_0000.nii.gz images")
+
+
+PREDICT_BAD_INPUT = {
+    # scenario: (what the input folder holds, extra args / env changes, fragments of the one-line error)
+    "one_channel_of_two": ("one_channel", {}, ["odd_0000.nii.gz", "1 channel file(s)", "takes 2"]),
+    "zero_byte_file": ("zero_byte", {}, ["odd_0000.nii.gz"]),
+    "isotropic_1mm": ((1.0, 1.0, 1.0), {}, ["odd_0000.nii.gz", "slices along z"]),
+    "r2_slices_2mm": ((1.0, 1.0, 2.0), {}, ["odd_0000.nii.gz", "slices along z"]),
+    "unknown_dataset_999": ((1.0, 1.0, 4.0), {"-d": "999"}, ["dataset 999 was not found"]),
+    "nnUNet_results_unset": ((1.0, 1.0, 4.0), {"nnUNet_results": None}, ["nnUNet_results is not set"]),
+}
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("scenario", sorted(PREDICT_BAD_INPUT))
+def test_rehrseg_predict_refuses_bad_input_with_one_line(pipeline, tmp_path, scenario):
+    content, changes, fragments = PREDICT_BAD_INPUT[scenario]
+    source = pipeline["raw"] / "Dataset502_Phantom" / "imagesTr"
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for channel in range(2):
+        target = folder / f"odd_{channel:04d}.nii.gz"
+        if content == "zero_byte":
+            target.write_bytes(b"")
+        elif content != "one_channel" or channel == 0:
+            image = sitk.ReadImage(str(source / f"case000_{channel:04d}.nii.gz"))
+            sitk.WriteImage(image if content == "one_channel" else _with_spacing(image, content), str(target))
+    flags = list(PREDICT_FLAGS)
+    if "-d" in changes:
+        flags[flags.index("-d") + 1] = changes["-d"]
+    env = {**os.environ, **pipeline["env"]}
+    if "nnUNet_results" in changes:
+        del env["nnUNet_results"]
+    result = subprocess.run([console_script("rehrseg_predict"), "-i", str(folder), "-o", str(tmp_path / "out"), *flags],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert_one_line_error(result, "rehrseg_predict: error:", *fragments)
+    assert not (tmp_path / "out").exists()
 
 
 def _with_spacing(image, spacing):
@@ -178,6 +214,7 @@ def _with_spacing(image, spacing):
     return image
 
 
+@pytest.mark.bad_input
 def test_every_voxel_is_covered_when_the_slices_are_not_a_multiple_of_the_window_step(pipeline, tmp_path):
     """4.3 mm slices (accepted: 4.3 / 1 mm rounds to r = 4) on a 1 mm model grid: 4.3 n HR slices (39, 43, 47), not a multiple of r;
     the last window must still reach the end (else its logits stay NaN and export as background)."""

@@ -30,6 +30,7 @@ def test_training_writes_config_checkpoints_and_log(trained_sr_model):
     assert "SR stage 1a" in trained_sr_model["stderr"]  # progress bar
 
 
+@pytest.mark.bad_input
 def test_attention_maps_option_sets_m_and_is_checked_on_continue(tmp_path):
     raw = tmp_path / "raw"
     write_thick_slice_dataset(str(raw), dataset_id=503, num_cases=1, shape=(32, 32, 32))
@@ -46,6 +47,7 @@ def test_attention_maps_option_sets_m_and_is_checked_on_continue(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.bad_input
 def test_same_seed_gives_identical_weights(tmp_path):
     """--seed fixes everything random (network initialisation, pairs, label dropout): two runs on the CPU agree
     to the last bit; another seed does not."""
@@ -68,6 +70,7 @@ def test_same_seed_gives_identical_weights(tmp_path):
         assert not all(torch.equal(first[k], other[k]) for k in first), stage
 
 
+@pytest.mark.bad_input
 def test_second_run_without_continue_is_refused(trained_sr_model):
     result = run_script("rehrseg_train_sr", ["-d", "502", "-o", trained_sr_model["model"], "--steps", "4"],
                         {"nnUNet_raw": trained_sr_model["raw"]})
@@ -75,6 +78,7 @@ def test_second_run_without_continue_is_refused(trained_sr_model):
     assert "--continue" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.bad_input
 def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     raw = tmp_path / "raw"
     write_thick_slice_dataset(str(raw), dataset_id=503, num_cases=2)
@@ -134,6 +138,7 @@ def _set_spacing(spacing):
 
 @pytest.mark.parametrize("spacing, expected", [((1.0, 1.0, 1.0), ["isotropic"]),
                                                ((1.0, 4.0, 4.0), ["ambiguous", "--slice-axis"])])
+@pytest.mark.bad_input
 def test_isotropic_or_ambiguous_spacing_is_rejected(tmp_path, spacing, expected):
     def mutate(folder):
         for sub in ("imagesTr", "labelsTr"):
@@ -143,11 +148,13 @@ def test_isotropic_or_ambiguous_spacing_is_rejected(tmp_path, spacing, expected)
     assert "case000_0000.nii.gz" in line and all(word in line for word in expected)
 
 
+@pytest.mark.bad_input
 def test_case_without_label_is_rejected(tmp_path):
     line = _bad(tmp_path, lambda folder: os.remove(os.path.join(folder, "labelsTr", "case001.nii.gz")))
     assert "case001.nii.gz is missing" in line and "no label" in line
 
 
+@pytest.mark.bad_input
 def test_label_geometry_mismatch_is_rejected(tmp_path):
     def mutate(folder):
         def shift(image):
@@ -158,6 +165,7 @@ def test_label_geometry_mismatch_is_rejected(tmp_path):
     assert "labelsTr/case001.nii.gz" in line and "resample the label" in line
 
 
+@pytest.mark.bad_input
 def test_nan_voxels_are_rejected(tmp_path):
     def mutate(folder):
         def poison(image):
@@ -172,6 +180,7 @@ def test_nan_voxels_are_rejected(tmp_path):
     assert "case001_0000.mha" in line and "NaN or Inf" in line
 
 
+@pytest.mark.bad_input
 def test_2d_images_are_rejected(tmp_path):
     def mutate(folder):
         path = os.path.join(folder, "imagesTr", "case000_0000.nii.gz")
@@ -180,6 +189,7 @@ def test_2d_images_are_rejected(tmp_path):
     assert "case000_0000.nii.gz" in line and "2D" in line
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("spacing, expected", [((1.0, 1.0, 3.0), "scale factor 3"), ((4.0, 1.0, 1.0), "slice axis")])
 def test_cases_disagreeing_on_r_or_slice_axis_are_rejected(tmp_path, spacing, expected):
     def mutate(folder):
@@ -189,6 +199,7 @@ def test_cases_disagreeing_on_r_or_slice_axis_are_rejected(tmp_path, spacing, ex
     assert "case001_0000.nii.gz" in line and expected in line
 
 
+@pytest.mark.bad_input
 def test_unknown_dataset_id_is_rejected(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
@@ -199,6 +210,7 @@ def test_unknown_dataset_id_is_rejected(tmp_path):
     assert not (tmp_path / "model").exists()
 
 
+@pytest.mark.bad_input
 def test_a_scale_factor_other_than_the_acquisition_ratio_is_explained(tmp_path):
     """--scale-factor 2 on 4 mm / 1 mm data: the run goes on, and says in one line what grid and pairs that gives."""
     raw = tmp_path / "raw"

@@ -9,12 +9,30 @@ from rehrseg_nnunet.errors import RehrsegInputError
 
 
 def run_cli(program: str, body: Callable[[], None], resume_hint: str = "run it again to resume") -> None:
-    """Run ``body``: bad input becomes one line on stderr (exit 2); Ctrl-C says how to resume (exit 130)."""
+    """Run ``body``: bad input becomes one line on stderr (exit 2), as does a file-system error (exit 1);
+    Ctrl-C says how to resume (exit 130)."""
     try:
         body()
     except RehrsegInputError as error:
+        close_progress_bars()
         print(f"{program}: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except OSError as error:  # e.g. an output folder below a file, or without write permission
+        close_progress_bars()
+        where = f" {error.filename}:" if error.filename else ""
+        print(f"{program}: error:{where} {error.strerror or error}; check the path, its permissions and the free "
+              f"disk space.", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
+        close_progress_bars()
         print(f"{program}: interrupted; {resume_hint}.", file=sys.stderr)
         sys.exit(130)
+
+
+def close_progress_bars() -> None:
+    """Close the progress bars an error left open, so that the error is the last line on stderr (an open
+    bar redraws itself when it is garbage-collected)."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from rehrseg_nnunet import __version__
-from rehrseg_nnunet.dataset_io import write_json_atomically
+from rehrseg_nnunet.dataset_io import write_atomically, write_json_atomically
 from rehrseg_nnunet.errors import RehrsegInputError
 
 STAGES = ("1a", "1b", "1c")
@@ -125,5 +125,4 @@ def select_device(name: str | None = None) -> torch.device:
 
 def atomic_save(obj: object, path: str) -> None:
     """torch.save to a temporary name and rename, so an interrupted write never leaves a corrupt file."""
-    torch.save(obj, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    write_atomically(path, lambda handle: torch.save(obj, handle))

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from rehrseg_nnunet.dataset_io import (DatasetGeometry, RawDataset, case_arrays, check_label_values, determine_geometry, fingerprint,
-                                       load_raw_dataset, read_case)
+                                       load_raw_dataset, read_case, save_npy_atomically)
 from rehrseg_nnunet.degradation import profile_fwhm
 from rehrseg_nnunet.errors import RehrsegInputError
 from rehrseg_nnunet.geometry import Grid
@@ -267,9 +267,7 @@ def pseudohr_training_volumes(model_folder: str, cases: list[LRCase], config: SR
         image, probabilities = plane_super_resolve(net, network_input(case.image, case.labels, config.num_classes), device)
         labels = probabilities.argmax(0).astype(np.int16)
         for path, array in ((image_path, image), (label_path, labels)):
-            with open(path + ".tmp", "wb") as handle:
-                np.save(handle, array)
-            os.replace(path + ".tmp", path)
+            save_npy_atomically(path, array)
         volumes.append((image, labels))
     log(f"stage 1a pseudo-HR volumes ready for {len(volumes)} case(s) in {cache}")
     return volumes
@@ -302,9 +300,7 @@ def attach_stage_1a_priors(model_folder: str, identifiers: list[str], volumes: l
             if not os.path.isfile(path):
                 if net is None:
                     net = load_stage_network(model_folder, "1a", device)
-                with open(path + ".tmp", "wb") as handle:
-                    np.save(handle, stage_1a_prior(net, volume, axis, config.num_classes, device))
-                os.replace(path + ".tmp", path)
+                save_npy_atomically(path, stage_1a_prior(net, volume, axis, config.num_classes, device))
             volume.priors[axis] = np.load(path)
 
 

@@ -21,6 +21,7 @@ from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as trainer_module
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast, nn
+from torch.profiler import record_function
 
 from rehrseg_nnunet.degradation import labels_to_lr_tensor
 from rehrseg_nnunet.losses import (UncertaintyWeightedCE, cosine_distillation, match_grid,
@@ -194,36 +195,46 @@ class REHRSegTrainer(nnUNetTrainer):
         return losses
 
     def train_step(self, batch: dict) -> dict:
-        data = batch["data"].to(self.device, non_blocking=True)
-        hr_target = batch["target"].to(self.device, non_blocking=True)
-        uncertainty = batch["uncertainty"].to(self.device, non_blocking=True)
-        lr_labels, lr_uncertainty = self.lr_targets(hr_target, uncertainty)
+        # record_function regions name the step's parts for torch.profiler (benchmarks/trainer_speed.py);
+        # they cost nothing while no profiler runs
+        with record_function("rehrseg.targets"):
+            data = batch["data"].to(self.device, non_blocking=True)
+            hr_target = batch["target"].to(self.device, non_blocking=True)
+            uncertainty = batch["uncertainty"].to(self.device, non_blocking=True)
+            lr_labels, lr_uncertainty = self.lr_targets(hr_target, uncertainty)
         teacher_features = None
         if self.teacher is not None:
-            with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            with record_function("rehrseg.teacher"), self._autocast():
                 teacher_features = self.teacher(pool_thick_slices(data, self.scale_factor), lr_labels[0])
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            output = self.network(data)
-            losses = self.compute_losses(output, hr_target, lr_labels, lr_uncertainty, teacher_features)
-            loss = sum(losses.values())
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
+        with self._autocast():
+            with record_function("rehrseg.network_forward"):
+                output = self.network(data)
+            with record_function("rehrseg.losses"):
+                losses = self.compute_losses(output, hr_target, lr_labels, lr_uncertainty, teacher_features)
+                loss = sum(losses.values())
+        with record_function("rehrseg.backward"):
+            (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
+        with record_function("rehrseg.optimizer"):
+            if self.grad_scaler is not None:
+                self.grad_scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.optimizer.step()
+            if self.grad_scaler is not None:
+                self.grad_scaler.step(self.optimizer)
+                self.grad_scaler.update()
+            else:
+                self.optimizer.step()
         return {"loss": loss.detach().cpu().numpy()}
+
+    def _autocast(self):
+        """Mixed precision on CUDA as nnU-Net's own step; nothing elsewhere."""
+        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
 
     def validation_step(self, batch: dict) -> dict:
         """In eval mode the network gives HR logits: HR loss and pseudo Dice against the pseudo-HR label."""
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"].to(self.device, non_blocking=True)
-        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+        with self._autocast():
             output = self.network(data)
             loss = self.hr_loss(output, target)
         prediction = torch.zeros(output.shape, device=output.device, dtype=torch.float16)

@@ -1,0 +1,84 @@
+"""Write failures and unusable output paths, through the console scripts: one line, no partial file.
+
+The other bad-input scenarios live beside the command they exercise (test_train_sr_cli, test_make_pseudohr,
+test_evaluate, test_rehrseg_pipeline, test_fine_tuning); every one is marked ``bad_input``, so
+``pytest -m bad_input`` runs and counts them all.
+"""
+
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import assert_one_line_error, console_script, run_script, tree_digest
+from phantoms import write_thick_slice_dataset
+
+pytestmark = pytest.mark.bad_input
+
+
+def limited(command: list[str], env: dict, blocks: int = 40) -> subprocess.CompletedProcess:
+    """``command`` under ``ulimit -f blocks`` (512-byte blocks): any larger file write fails part-way."""
+    line = " ".join(command)
+    return subprocess.run(["bash", "-c", f"ulimit -f {blocks} && exec {line}"], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture()
+def raw(tmp_path):
+    write_thick_slice_dataset(str(tmp_path / "raw"), dataset_id=521, num_cases=2)
+    return tmp_path / "raw"
+
+
+def test_train_sr_write_failure_is_one_line_leaves_no_partial_file_and_continue_completes(raw, tmp_path):
+    model = tmp_path / "model"
+    args = ["-d", "521", "-o", str(model), "--steps", "4", "-device", "cpu"]
+    before = tree_digest(raw)
+    result = limited([console_script("rehrseg_train_sr"), *args], {"nnUNet_raw": str(raw)})
+    assert_one_line_error(result, "rehrseg_train_sr: error: could not write", "checkpoint_latest.pth", "ulimit -f")
+    assert not list(model.rglob("*.tmp")), "a temporary file survived the failed write"
+    assert not list(model.rglob("*.pth")), "a checkpoint looks complete after a failed write"
+    assert tree_digest(raw) == before
+    rerun = run_script("rehrseg_train_sr", [*args, "--continue"], {"nnUNet_raw": str(raw)})
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    for stage in ("1a", "1b", "1c"):
+        checkpoint = torch.load(model / f"stage_{stage}" / "checkpoint_final.pth", map_location="cpu",
+                                weights_only=False)
+        assert checkpoint["step"] == 4
+    assert not list(model.rglob("*.tmp"))
+
+
+def test_train_sr_output_below_a_file_is_one_line(raw, tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    result = run_script("rehrseg_train_sr", ["-d", "521", "-o", str(tmp_path / "a_file" / "model"), "--steps", "2",
+                                             "-device", "cpu"], {"nnUNet_raw": str(raw)})
+    assert_one_line_error(result, "rehrseg_train_sr: error:", "a_file/model", "Not a directory")
+
+
+def test_evaluate_output_below_a_file_is_one_line(tmp_path):
+    folders = {}
+    for name in ("ref", "pred"):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        label = sitk.GetImageFromArray(np.pad(np.ones((3, 4, 4), np.uint8), 2))
+        sitk.WriteImage(label, str(folders[name] / "a.nii.gz"))
+    (tmp_path / "a_file").write_text("not a folder")
+    result = run_script("rehrseg_evaluate", ["-ref", str(folders["ref"]), "-pred", str(folders["pred"]),
+                                             "-o", str(tmp_path / "a_file" / "summary.json")], {})
+    assert_one_line_error(result, "rehrseg_evaluate: error:", "a_file")
+    assert [p.name for p in tmp_path.iterdir() if p.is_file()] == ["a_file"]
+
+
+def test_make_pseudohr_output_path_taken_by_a_file_is_one_line(tmp_path, trained_sr_model):
+    import shutil
+
+    raw = tmp_path / "raw"
+    shutil.copytree(os.path.join(trained_sr_model["raw"], "Dataset502_Phantom"), raw / "Dataset502_Phantom")
+    (raw / "Dataset607_PhantomPseudoHR").write_text("a file where the output dataset would go")
+    before = tree_digest(raw)
+    result = run_script("rehrseg_make_pseudohr", ["-d", "502", "-o", "607", "-m", trained_sr_model["model"],
+                                                  "-device", "cpu"], {"nnUNet_raw": str(raw)})
+    assert_one_line_error(result, "rehrseg_make_pseudohr: error:", "Dataset607_PhantomPseudoHR")
+    assert tree_digest(raw) == before
