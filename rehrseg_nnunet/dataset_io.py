@@ -253,13 +253,18 @@ def check_thick_slice_header(path: str, slice_axis: int, thick_spacing: float, s
                                 f"(.nii.gz).") from None
     if reader.GetDimension() != 3:
         raise RehrsegInputError(f"{path} is {reader.GetDimension()}D; REHRSeg needs 3D thick-slice volumes.")
-    spacing = reader.GetSpacing()
+    check_thick_slice_spacing(reader.GetSpacing(), path, slice_axis, thick_spacing, scale_factor, model)
+
+
+def check_thick_slice_spacing(spacing: Sequence[float], source: str, slice_axis: int, thick_spacing: float,
+                              scale_factor: int, model: str) -> None:
+    """The rule of :func:`check_thick_slice_header` on a spacing already read (``source`` names the image)."""
     in_plane = max(s for i, s in enumerate(spacing) if i != slice_axis)
     hr_spacing = thick_spacing / scale_factor
     if round(spacing[slice_axis] / hr_spacing) != scale_factor or in_plane * 1.5 > spacing[slice_axis]:
         low, high = (scale_factor - 0.5) * hr_spacing, (scale_factor + 0.5) * hr_spacing
         raise RehrsegInputError(
-            f"{path} has spacing {tuple(round(s, 3) for s in spacing)} mm but {model} was trained for "
+            f"{source} has spacing {tuple(round(s, 3) for s in spacing)} mm but {model} was trained for "
             f"{thick_spacing:.3g} mm slices along {AXIS_NAMES[slice_axis]} (r = {scale_factor}: {low:.3g}-{high:.3g} mm "
             f"accepted); resample or reorient it, or use a model trained for this geometry.")
 

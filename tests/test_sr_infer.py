@@ -46,9 +46,15 @@ def test_pseudohr_geometry_is_the_hr_grid(trained_sr_model, with_label):
     assert 1.3 < hr[1].std() / hr[0].std() < 3.0
 
 
-def test_incompatible_case_is_rejected(trained_sr_model):
-    images, label = lr_case(spacing=(1.0, 1.0, 2.0))
-    with pytest.raises(RehrsegInputError, match="thick slices"):
+@pytest.mark.bad_input
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 2.0), (1.0, 1.0, 3.0), (1.0, 1.0, 4.6), (4.0, 1.0, 1.0)])
+def test_incompatible_case_is_rejected(trained_sr_model, spacing):
+    """The SR API follows the thick-slice rule of every command: slices must hold r HR slices when rounded
+    (3.5-4.5 mm for 4 mm and r = 4; a 3 mm case passed the old 25 % tolerance) along the model's axis."""
+    images, label = lr_case(spacing=spacing)
+    with pytest.raises(RehrsegInputError, match=r"x.nii.gz has spacing .* 4 mm slices along z \(r = 4: 3.5-4.5 mm"):
         SuperResolver(trained_sr_model["model"], "cpu")(images, label, source="x.nii.gz")
+    images, label = lr_case(spacing=(1.0, 1.0, 4.4))  # within the rule: accepted
+    SuperResolver(trained_sr_model["model"], "cpu")(images, label, source="x.nii.gz")
     with pytest.raises(RehrsegInputError, match="channel"):
         SuperResolver(trained_sr_model["model"], "cpu")(images[:1], label, source="x.nii.gz")

@@ -14,9 +14,9 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from rehrseg_nnunet.dataset_io import case_arrays, from_slice_first
+from rehrseg_nnunet.dataset_io import case_arrays, check_thick_slice_spacing, from_slice_first
 from rehrseg_nnunet.errors import RehrsegInputError
-from rehrseg_nnunet.geometry import AXIS_NAMES, Grid
+from rehrseg_nnunet.geometry import Grid
 from rehrseg_nnunet.sr.background import restore_source_intensities
 from rehrseg_nnunet.sr.config import SRConfig, final_checkpoint, select_device
 from rehrseg_nnunet.sr.networks import NUM_FRAMES, PlaneSRNet, SliceInterpolationNet
@@ -218,21 +218,16 @@ class SuperResolver:
         self.batch_size = batch_size
 
     def check_compatible(self, images: list[sitk.Image], source: str) -> None:
-        """A case must have the model's channel count, slice axis and r (from its spacing)."""
+        """A case must have the model's channel count, slice axis and r (from its spacing, the rule of
+        :func:`rehrseg_nnunet.dataset_io.check_thick_slice_header`)."""
         cfg = self.config
         if len(images) != cfg.image_channels:
             raise RehrsegInputError(
                 f"{source} has {len(images)} channel(s) but the SR model was trained on {cfg.image_channels}; "
                 f"use a model trained on this dataset."
             )
-        spacing = images[0].GetSpacing()
-        slice_spacing = spacing[cfg.slice_axis]
-        if abs(slice_spacing - cfg.lr_spacing[cfg.slice_axis]) > 0.25 * cfg.lr_spacing[cfg.slice_axis] or \
-                max(s for i, s in enumerate(spacing) if i != cfg.slice_axis) >= slice_spacing:
-            raise RehrsegInputError(
-                f"{source} has spacing {tuple(round(v, 3) for v in spacing)} but the SR model expects thick slices of "
-                f"{cfg.lr_spacing[cfg.slice_axis]:.3g} mm along {AXIS_NAMES[cfg.slice_axis]}; use a model trained for this geometry."
-            )
+        check_thick_slice_spacing(images[0].GetSpacing(), source, cfg.slice_axis, cfg.lr_spacing[cfg.slice_axis],
+                                  cfg.scale_factor, "the SR model")
 
     @property
     def has_uncertainty_head(self) -> bool:
