@@ -108,6 +108,14 @@ class REHRSegTrainer(nnUNetTrainer):
             self.optimizer.load_state_dict(optimizer_state)
         self.print_to_log_file(f"fine-tuning from {state['pretrained_weights']}: initial lr {self.initial_lr}")
 
+    def configure_optimizers(self):
+        optimizer, lr_scheduler = super().configure_optimizers()
+        # nnU-Net's SGD with the multi-tensor update it already uses on CUDA: the same steps bit for bit, about
+        # a third less optimizer time on CPU
+        for group in optimizer.param_groups:
+            group["foreach"] = True
+        return optimizer, lr_scheduler
+
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)
         self._apply_fine_tuning_state()
@@ -218,7 +226,7 @@ class REHRSegTrainer(nnUNetTrainer):
         with record_function("rehrseg.optimizer"):
             if self.grad_scaler is not None:
                 self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12, foreach=True)
             if self.grad_scaler is not None:
                 self.grad_scaler.step(self.optimizer)
                 self.grad_scaler.update()
