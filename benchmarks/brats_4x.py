@@ -1,30 +1,35 @@
-"""REHRSeg against the baselines on BRATS T1c with simulated 4 mm slices, all methods in one run.
+"""REHRSeg against the baselines on BRATS T1c with simulated 4 mm slices, at an equal total iteration budget.
 
-Data: ``../shared/data/brats2013_subset`` (4 cases, 1 mm). Thick slices are simulated at r = 4 along z
-(Gaussian slice profile; LR labels by the majority rule). Training sees the LR images and LR labels
-of the training cases only; the untouched 1 mm labels of the test case are used for scoring only.
-Fixed split: pat0001-pat0003 train, pat0004 test (4 cases do not allow more within the CPU budget).
+Data: case folders under ``--data`` (``t1c.nii.gz``, ``labels.nii.gz`` at 1 mm; ../shared/data/brats2013_subset
+has pat0001-pat0004). Thick slices are simulated at r = 4 along z (Gaussian slice profile; LR labels by the
+majority rule). Training sees the LR images and LR labels of its training cases only (the oracle excepted);
+the 1 mm labels of the test cases are used for scoring only. Split: ``--train-cases`` / ``--test-cases``
+(default pat0001-pat0003 / pat0004), or ``--folds K`` (cross-validation over the union of both lists).
 
-Methods, all with the same budget (epochs x iterations, patch covering the same field of view,
-U-Net widths, batch size, no test-time mirroring):
-- ``nnunet_lr_upsampled_{nearest,linear}``: stock nnU-Net on the LR data (patch 8x64x64 at 4x1x1 mm);
-  its LR prediction upsampled to 1 mm by nearest neighbour / by linear interpolation of the probabilities;
-- ``interp_nnunet``: images cubic-B-spline- and labels nearest-upsampled to 1 mm, stock nnU-Net there;
-- ``sr_nnunet``: the pseudo-HR dataset (``rehrseg_make_pseudohr``) with the stock nnUNetTrainer, test
-  image super-resolved by the same SR model;
-- ``rehrseg``, ``rehrseg_noUASR``, ``rehrseg_noDistill``: REHRSegTrainer variants on the pseudo-HR
-  dataset, predicted from the LR test image with ``rehrseg_predict``.
-The self-SR model is trained (``rehrseg_train_sr``) on the LR training cases only.
+The method's protocol (METHOD.md): REHRSeg is fine-tuned from the converged LR nnU-Net. With E1 =
+``--lr-epochs`` and E2 = ``--finetune-epochs`` (x ``--iterations`` each), every method spends E1 + E2 epochs:
+- ``nnunet_lr_upsampled_{nearest,sdf}``: stock nnU-Net on the LR data (E1 + E2), its LR segmentation
+  brought to 1 mm by nearest neighbour or by shape-based interpolation (rehrseg_nnunet.shape_interpolation);
+- ``interp_nnunet``: images cubic-B-spline- and labels shape-based-upsampled to 1 mm, stock nnU-Net there;
+- ``sr_nnunet``: the pseudo-HR dataset (``rehrseg_make_pseudohr``) with the stock trainer, test image
+  super-resolved by the same SR model;
+- ``rehrseg`` and its ablations ``rehrseg_noUASR``, ``rehrseg_noDistill``, ``rehrseg_noHRHead``: an LR nnU-Net
+  trained for E1 epochs (``nnunet_lr_init``), then REHRSegTrainer fine-tuned from its checkpoint for E2
+  (``rehrseg_plan --lr_plans`` gives the inner U-Net its topology; lr 1e-3), predicted with ``rehrseg_predict``;
+- ``oracle_hr``: stock nnU-Net on the true 1 mm images and labels, predicted from the 1 mm test image (ceiling).
+The self-SR model is trained (``rehrseg_train_sr``) on the LR training cases of the split only.
 
-Scores: Dice and HD95 (mm) of the whole tumour (labels > 0) and per label, on the HR grid (1 mm
-reference) and on the LR grid (the test case's LR labels; HR predictions brought down by the majority
-rule the trainer uses).
+Scores per test case, on the HR grid (1 mm labels) and on the LR grid (HR predictions brought down by the
+majority rule): Dice and HD95 of every class and of the BraTS regions (whole tumour 1-4, tumour core 1+3+4,
+enhancing 4); mean and std over test cases; ``per_class_mean_hr_dice`` = mean over the classes of their mean HR
+Dice (classes present in reference or prediction).
 
-    python benchmarks/brats_4x.py --data ../shared/data/brats2013_subset --device cpu          # quick CPU mode
-    python benchmarks/brats_4x.py --data ../shared/data/brats2013_subset --device cuda --full   # nnU-Net schedules
+    python benchmarks/brats_4x.py --device cpu                                   # fixed split, quick budget
+    python benchmarks/brats_4x.py --device cuda --folds 2 --lr-epochs 40 --finetune-epochs 20 --iterations 50
 
-Writes benchmarks/results/brats_4x.json (``--output``) and a figure of the test case
-(``docs/brats_4x.png``, ``--figure``). Every stage resumes: a re-run skips what is complete.
+Everything resumes: a re-run skips finished models (an interrupted one continues from its latest
+checkpoint), predictions and the SR model; work lives in ``--work``, one folder per split. Writes
+``--output`` (benchmarks/results/brats_4x.json) and a figure of the first test case (``--figure``).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
@@ -46,17 +52,19 @@ import SimpleITK as sitk
 from rehrseg_nnunet.dataset_io import write_json_atomically
 from rehrseg_nnunet.degradation import labels_to_lr, simulate_thick_slices
 from rehrseg_nnunet.geometry import Grid
+from rehrseg_nnunet.shape_interpolation import shape_based_upsample
 from rehrseg_nnunet.training import EXT_TRAINER_FOLDER
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LABELS = {"background": 0, "necrosis": 1, "edema": 2, "non_enhancing": 3, "enhancing": 4}
+CLASSES = [name for name, value in LABELS.items() if value]
+REGIONS = {"whole_tumour": (1, 2, 3, 4), "tumour_core": (1, 3, 4), "enhancing_tumour": (4,)}
 SCALE_FACTOR = 4
 SLICE_AXIS = 2  # z, SimpleITK order
-TRAIN_CASES = ["pat0001", "pat0002", "pat0003"]
-TEST_CASES = ["pat0004"]
-DATASETS = {"lr": (911, "BratsLR4x"), "interp": (912, "BratsInterp4x")}
+DATASETS = {"lr": (911, "BratsLR4x"), "interp": (912, "BratsInterp4x"), "hr": (914, "BratsHR")}
 PSEUDOHR_ID = 913
 BENCH_PLANS = "BenchPlans"
+INIT_PLANS = "BenchPlansInit"  # the same plans under a second name: the E1-epoch LR model gets its own folder
 PREDICT_FLAGS = ["-c", "3d_fullres", "-f", "all", "-npp", "1", "-nps", "1"]
 
 
@@ -78,25 +86,33 @@ def dataset_name(key: str) -> str:
     return f"Dataset{dataset_id}_{name}"
 
 
-
 def hr_reference(lr_image: sitk.Image) -> sitk.Image:
     """An empty image on the HR grid of ``lr_image`` (n*r slices, cell-centred)."""
     grid = Grid.from_image(lr_image).refine(SLICE_AXIS, SCALE_FACTOR)
     return grid.image_from_array(np.zeros(tuple(reversed(grid.size)), np.float32))
 
 
+def shape_based_label(lr_label: sitk.Image) -> sitk.Image:
+    """An LR label map on its HR grid by shape-based interpolation along z."""
+    array = sitk.GetArrayFromImage(lr_label)
+    hr = shape_based_upsample(array, 2 - SLICE_AXIS, SCALE_FACTOR, tuple(reversed(lr_label.GetSpacing())))
+    image = sitk.GetImageFromArray(hr)
+    image.CopyInformation(hr_reference(lr_label))
+    return image
+
+
 # --- data -------------------------------------------------------------------------------------------------
-def make_datasets(data: str, raw: str, references: str) -> None:
-    """The LR dataset (911), the interpolated HR dataset (912) and the scoring references."""
-    lr_folder, interp_folder = (os.path.join(raw, dataset_name(k)) for k in ("lr", "interp"))
-    if all(os.path.isfile(os.path.join(f, "dataset.json")) for f in (lr_folder, interp_folder)):
+def make_datasets(data: str, raw: str, references: str, train_cases: list[str], test_cases: list[str]) -> None:
+    """The LR (911), interpolated HR (912) and true HR (914, oracle) datasets and the scoring references."""
+    folders = {key: os.path.join(raw, dataset_name(key)) for key in DATASETS}
+    if all(os.path.isfile(os.path.join(f, "dataset.json")) for f in folders.values()):
         return
-    for folder in (lr_folder, interp_folder):
+    for folder in folders.values():
         for sub in ("imagesTr", "labelsTr", "imagesTs"):
             os.makedirs(os.path.join(folder, sub), exist_ok=True)
     for sub in ("hr", "lr"):
         os.makedirs(os.path.join(references, sub), exist_ok=True)
-    for case in TRAIN_CASES + TEST_CASES:
+    for case in train_cases + test_cases:
         image = sitk.ReadImage(os.path.join(data, case, "t1c.nii.gz"), sitk.sitkFloat32)
         label = sitk.Cast(sitk.ReadImage(os.path.join(data, case, "labels.nii.gz")), sitk.sitkUInt8)
         lr_image, lr_label = simulate_thick_slices(image, SLICE_AXIS, SCALE_FACTOR, label=label)
@@ -104,30 +120,30 @@ def make_datasets(data: str, raw: str, references: str) -> None:
         if not np.allclose(reference.GetOrigin(), image.GetOrigin(), atol=1e-4):
             raise RuntimeError(f"{case}: the HR grid of the simulated LR image does not start at the 1 mm origin.")
         cubic = sitk.Resample(lr_image, reference, sitk.Transform(), sitk.sitkBSpline, 0.0)
-        nearest_label = sitk.Resample(lr_label, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-        if case in TEST_CASES:
-            sitk.WriteImage(lr_image, os.path.join(lr_folder, "imagesTs", f"{case}_0000.nii.gz"))
-            sitk.WriteImage(cubic, os.path.join(interp_folder, "imagesTs", f"{case}_0000.nii.gz"))
+        images = {"lr": lr_image, "interp": cubic, "hr": image}
+        if case in test_cases:
+            for key, folder in folders.items():
+                sitk.WriteImage(images[key], os.path.join(folder, "imagesTs", f"{case}_0000.nii.gz"))
             sitk.WriteImage(label, os.path.join(references, "hr", f"{case}.nii.gz"))
             sitk.WriteImage(lr_label, os.path.join(references, "lr", f"{case}.nii.gz"))
         else:
-            sitk.WriteImage(lr_image, os.path.join(lr_folder, "imagesTr", f"{case}_0000.nii.gz"))
-            sitk.WriteImage(lr_label, os.path.join(lr_folder, "labelsTr", f"{case}.nii.gz"))
-            sitk.WriteImage(cubic, os.path.join(interp_folder, "imagesTr", f"{case}_0000.nii.gz"))
-            sitk.WriteImage(nearest_label, os.path.join(interp_folder, "labelsTr", f"{case}.nii.gz"))
-    for key, folder in (("lr", lr_folder), ("interp", interp_folder)):
+            labels = {"lr": lr_label, "interp": shape_based_label(lr_label), "hr": label}
+            for key, folder in folders.items():
+                sitk.WriteImage(images[key], os.path.join(folder, "imagesTr", f"{case}_0000.nii.gz"))
+                sitk.WriteImage(labels[key], os.path.join(folder, "labelsTr", f"{case}.nii.gz"))
+    for key, folder in folders.items():
         write_json_atomically(os.path.join(folder, "dataset.json"), {
-            "channel_names": {"0": "T1c"}, "labels": LABELS, "numTraining": len(TRAIN_CASES), "file_ending": ".nii.gz",
+            "channel_names": {"0": "T1c"}, "labels": LABELS, "numTraining": len(train_cases), "file_ending": ".nii.gz",
             "name": DATASETS[key][1], "description": "BRATS T1c, 4 mm slices simulated along z (benchmarks/brats_4x.py)"})
 
 
 # --- plans ------------------------------------------------------------------------------------------------
 def fixed_budget_plans(plans: dict, patch_size: list[int], base_features: int, max_features: int,
-                       batch_size: int) -> dict:
+                       batch_size: int, plans_name: str = BENCH_PLANS) -> dict:
     """Stock nnU-Net plans with the benchmark's patch, widths and batch (nnU-Net's topology for that patch)."""
     from rehrseg_nnunet.planning import features_per_stage, lr_topology
     out = copy.deepcopy(plans)
-    out["plans_name"] = BENCH_PLANS
+    out["plans_name"] = plans_name
     config = out["configurations"]["3d_fullres"]
     topology = lr_topology(config["spacing"], patch_size, 1)
     n_stages = len(topology["strides"])
@@ -141,285 +157,341 @@ def fixed_budget_plans(plans: dict, patch_size: list[int], base_features: int, m
     return out
 
 
-def write_bench_plans(preprocessed: str, name: str, patch_size: list[int] | None, args) -> str:
-    """Plans name to train with: BenchPlans (quick mode) or nnUNetPlans untouched (--full)."""
-    if patch_size is None:
-        return "nnUNetPlans"
-    folder = os.path.join(preprocessed, name)
+def write_bench_plans(preprocessed: str, dataset: str, patch_size: list[int], args,
+                      plans_name: str = BENCH_PLANS) -> str:
+    """nnU-Net's plans of ``dataset`` with the benchmark's patch, widths and batch, saved as ``plans_name``."""
+    folder = os.path.join(preprocessed, dataset)
     with open(os.path.join(folder, "nnUNetPlans.json")) as handle:
         plans = json.load(handle)
-    write_json_atomically(os.path.join(folder, f"{BENCH_PLANS}.json"),
-               fixed_budget_plans(plans, patch_size, args.base_features, args.max_features, args.batch_size))
-    return BENCH_PLANS
+    write_json_atomically(os.path.join(folder, f"{plans_name}.json"),
+                          fixed_budget_plans(plans, patch_size, args.base_features, args.max_features, args.batch_size,
+                                             plans_name))
+    return plans_name
 
 
 # --- training and prediction ------------------------------------------------------------------------------
-def train(trainer_name: str, dataset: str, plans_name: str, args) -> tuple[str, float | None]:
-    """Train in this process with the benchmark's schedule; returns (model folder, seconds)."""
+@dataclass
+class Method:
+    """One model to train and predict with."""
+
+    name: str
+    dataset: str
+    trainer: str
+    plans: str
+    epochs: int
+    entry: str  # prediction console script
+    inputs: str  # folder of test images
+    initialised_from: str | None = None  # checkpoint to fine-tune from (REHRSeg)
+
+
+def trainer_class_named(name: str):
     import nnunetv2
-    import torch
     from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
-    if trainer_name.startswith("REHRSeg"):
+    if name.startswith("REHRSeg"):
         from rehrseg_nnunet.training import trainer as rehrseg_trainers
-        trainer_class = getattr(rehrseg_trainers, trainer_name)
-    else:
-        trainer_class = recursive_find_python_class(os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer"),
-                                                    trainer_name, "nnunetv2.training.nnUNetTrainer")
-    folder = os.path.join(os.environ["nnUNet_preprocessed"], dataset)
-    with open(os.path.join(folder, f"{plans_name}.json")) as handle:
+        return getattr(rehrseg_trainers, name)
+    return recursive_find_python_class(os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer"), name,
+                                       "nnunetv2.training.nnUNetTrainer")
+
+
+def model_folder(method: Method) -> str:
+    return os.path.join(os.environ["nnUNet_results"], method.dataset, f"{method.trainer}__{method.plans}__3d_fullres")
+
+
+def train(method: Method, args) -> float | None:
+    """Train in this process for ``method.epochs`` x ``--iterations``; resumes from checkpoint_latest.pth.
+    Returns the seconds this call trained (None when the model was already complete)."""
+    import torch
+    from rehrseg_nnunet.training.fine_tuning import load_lr_weights
+    folder = model_folder(method)
+    if os.path.isfile(os.path.join(folder, "fold_all", "checkpoint_final.pth")):
+        log(f"{method.name}: already trained, skipped")
+        return None
+    preprocessed = os.path.join(os.environ["nnUNet_preprocessed"], method.dataset)
+    with open(os.path.join(preprocessed, f"{method.plans}.json")) as handle:
         plans = json.load(handle)
-    with open(os.path.join(folder, "dataset.json")) as handle:
+    with open(os.path.join(preprocessed, "dataset.json")) as handle:
         dataset_json = json.load(handle)
-    model = os.path.join(os.environ["nnUNet_results"], dataset, f"{trainer_name}__{plans_name}__3d_fullres")
-    timing_file = os.path.join(model, "benchmark_train_seconds.json")
-    if os.path.isfile(os.path.join(model, "fold_all", "checkpoint_final.pth")):
-        log(f"{trainer_name} on {dataset}: already trained, skipped")
-        return model, json.load(open(timing_file))["seconds"] if os.path.isfile(timing_file) else None
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    trainer = trainer_class({**plans, "continue_training": False}, "3d_fullres", "all", dataset_json,
-                            torch.device(args.device))
-    if not args.full:
-        trainer.num_epochs = args.epochs
-        trainer.num_iterations_per_epoch = args.iterations
-        trainer.num_val_iterations_per_epoch = args.val_iterations
-    log(f"training {trainer_name} on {dataset} with {plans_name}: {trainer.num_epochs} epochs x "
-        f"{trainer.num_iterations_per_epoch} iterations")
+    trainer = trainer_class_named(method.trainer)({**plans, "continue_training": False}, "3d_fullres", "all",
+                                                  dataset_json, torch.device(args.device))
+    trainer.num_epochs = method.epochs
+    trainer.num_iterations_per_epoch = args.iterations
+    trainer.num_val_iterations_per_epoch = args.val_iterations
+    trainer.save_every = 1  # an interrupted run loses at most one epoch
+    trainer.initialize()
+    latest = os.path.join(folder, "fold_all", "checkpoint_latest.pth")
+    if os.path.isfile(latest):
+        trainer.load_checkpoint(latest)
+        log(f"{method.name}: resumed at epoch {trainer.current_epoch} of {method.epochs}")
+    elif method.initialised_from:
+        loaded, total = load_lr_weights(trainer.network, method.initialised_from)
+        log(f"{method.name}: fine-tuning from {method.initialised_from} ({loaded} of {total} inner U-Net tensors)")
+    log(f"training {method.name} ({method.trainer} on {method.dataset}, {method.plans}): {method.epochs} epochs x "
+        f"{args.iterations} iterations")
     started = time.perf_counter()
     trainer.run_training()
     seconds = time.perf_counter() - started
     del trainer
-    write_json_atomically(timing_file, {"seconds": seconds})
-    return model, seconds
-
-
-def predict(entry: str, inputs: str, output: str, dataset: str, trainer_name: str, plans_name: str, args,
-            save_probabilities: bool = False) -> float | None:
-    marker = os.path.join(output, "benchmark_predict_complete.json")  # a killed run may leave truncated files
-    if os.path.isfile(marker):
-        return None
-    command = [script(entry), "-i", inputs, "-o", output, "-d", dataset, "-tr", trainer_name, "-p", plans_name,
-               "-device", args.device, *PREDICT_FLAGS] + (["--save_probabilities"] if save_probabilities else [])
-    if entry == "nnUNetv2_predict":
-        command.append("--disable_tta")  # stock baselines: no mirroring, as REHRSeg (rehrseg_predict has no TTA)
-    started = time.perf_counter()
-    run(command, {"nnUNet_extTrainer": EXT_TRAINER_FOLDER})
-    seconds = time.perf_counter() - started
-    write_json_atomically(marker, {"seconds": seconds})
     return seconds
 
 
-def upsample_lr_prediction(lr_folder: str, case: str, mode: str) -> sitk.Image:
-    """The LR nnU-Net's prediction on the HR grid: nearest label, or argmax of linearly resampled probabilities."""
-    lr_seg = sitk.ReadImage(os.path.join(lr_folder, f"{case}.nii.gz"))
-    reference = hr_reference(lr_seg)
-    if mode == "nearest":
-        return sitk.Resample(lr_seg, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-    probabilities = np.load(os.path.join(lr_folder, f"{case}.npz"))["probabilities"]  # (c, z, y, x), input grid
-    resampled = []
-    for channel in probabilities:
-        image = sitk.GetImageFromArray(channel.astype(np.float32))
-        image.CopyInformation(lr_seg)
-        resampled.append(sitk.GetArrayFromImage(sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0)))
-    label = sitk.GetImageFromArray(np.argmax(resampled, axis=0).astype(np.uint8))
-    label.CopyInformation(reference)
-    return label
+def predict(method: Method, output: str, args) -> None:
+    marker = os.path.join(output, "benchmark_predict_complete.json")  # a killed run may leave truncated files
+    if os.path.isfile(marker):
+        return
+    command = [script(method.entry), "-i", method.inputs, "-o", output, "-d", method.dataset, "-tr", method.trainer,
+               "-p", method.plans, "-device", args.device, *PREDICT_FLAGS]
+    if method.entry == "nnUNetv2_predict":
+        command.append("--disable_tta")  # stock baselines without mirroring, as REHRSeg (trained without it)
+    started = time.perf_counter()
+    run(command, {"nnUNet_extTrainer": EXT_TRAINER_FOLDER})
+    write_json_atomically(marker, {"seconds": time.perf_counter() - started})
 
 
 # --- scoring ----------------------------------------------------------------------------------------------
-def score(prediction_hr: sitk.Image | None, prediction_lr: sitk.Image | None, case: str, references: str) -> dict:
+def grid_scores(truth: np.ndarray, prediction: np.ndarray, spacing: list[float]) -> dict:
+    """Dice / HD95 of every class and every BraTS region."""
+    from rehrseg_nnunet.evaluation import dice, hd95, segmentation_scores
+    scores = segmentation_scores(truth, prediction, spacing, LABELS)
+    del scores["foreground"]  # = whole tumour, below
+    for region, values in REGIONS.items():
+        a, b = np.isin(truth, values), np.isin(prediction, values)
+        scores[region] = {"dice": dice(a, b), "hd95": hd95(a, b, spacing), "present": bool(a.any() or b.any())}
+    return scores
+
+
+def score_case(prediction_hr: sitk.Image, prediction_lr: sitk.Image | None, case: str, references: str) -> dict:
     """HR and LR scores of one case; an HR prediction also gives the LR one (majority rule along z)."""
-    from rehrseg_nnunet.evaluation import segmentation_scores
     hr_truth = sitk.ReadImage(os.path.join(references, "hr", f"{case}.nii.gz"))
     lr_truth = sitk.ReadImage(os.path.join(references, "lr", f"{case}.nii.gz"))
-    result = {}
-    if prediction_hr is not None:
-        hr_on_truth = sitk.Resample(prediction_hr, hr_truth, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-        result["hr"] = segmentation_scores(sitk.GetArrayFromImage(hr_truth), sitk.GetArrayFromImage(hr_on_truth),
-                                           list(reversed(hr_truth.GetSpacing())), LABELS)
-        if prediction_lr is None:
-            array = sitk.GetArrayFromImage(prediction_hr)
-            prediction_lr = sitk.GetImageFromArray(labels_to_lr(array, 0, SCALE_FACTOR))
-            prediction_lr.CopyInformation(lr_truth)
-    result["lr"] = segmentation_scores(sitk.GetArrayFromImage(lr_truth), sitk.GetArrayFromImage(prediction_lr),
-                                       list(reversed(lr_truth.GetSpacing())), LABELS)
+    hr_on_truth = sitk.Resample(prediction_hr, hr_truth, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    result = {"hr": grid_scores(sitk.GetArrayFromImage(hr_truth), sitk.GetArrayFromImage(hr_on_truth),
+                                list(reversed(hr_truth.GetSpacing())))}
+    if prediction_lr is None:
+        on_hr_grid = sitk.Resample(prediction_hr, hr_reference(lr_truth), sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        prediction_lr = sitk.GetImageFromArray(labels_to_lr(sitk.GetArrayFromImage(on_hr_grid), 0, SCALE_FACTOR))
+        prediction_lr.CopyInformation(lr_truth)
+    result["lr"] = grid_scores(sitk.GetArrayFromImage(lr_truth), sitk.GetArrayFromImage(prediction_lr),
+                               list(reversed(lr_truth.GetSpacing())))
     return result
 
 
 def summarise(per_case: dict[str, dict]) -> dict:
-    """Mean over test cases: whole tumour at the top level, per label under ``per_label``."""
-    out: dict = {"per_label": {}}
+    """Mean and std over test cases per grid, class / region and metric; classes only where present."""
+    out: dict = {}
     for grid in ("hr", "lr"):
-        for key in ("dice", "hd95"):
-            out[f"{grid}_{key}"] = float(np.mean([c[grid]["foreground"][key] for c in per_case.values()]))
-            for name in LABELS:
-                if name == "background":
-                    continue
-                values = [c[grid][name][key] for c in per_case.values() if c[grid][name]["present"]]
+        for name in CLASSES + list(REGIONS):
+            for metric in ("dice", "hd95"):
+                values = [c[grid][name][metric] for c in per_case.values()
+                          if c[grid][name]["present"] or name in REGIONS]
                 if values:
-                    out["per_label"].setdefault(name, {})[f"{grid}_{key}"] = float(np.mean(values))
+                    out.setdefault(grid, {}).setdefault(name, {})[metric] = {
+                        "mean": float(np.mean(values)), "std": float(np.std(values)), "cases": len(values)}
+    out["per_class_mean_hr_dice"] = float(np.mean([out["hr"][name]["dice"]["mean"] for name in CLASSES
+                                                   if name in out["hr"]]))
+    out["hr_dice"] = out["hr"]["whole_tumour"]["dice"]["mean"]  # whole tumour, for the table
+    out["hr_hd95"] = out["hr"]["whole_tumour"]["hd95"]["mean"]
     out["per_case"] = per_case
     return out
 
 
-def save_figure(path: str, data: str, work: str, lr_variant: str) -> None:
-    """The test case in a through-plane view: LR input, each method's HR segmentation, the 1 mm truth."""
+def scored_predictions(name: str, output: str, cases: list[str]) -> dict[str, tuple[sitk.Image, sitk.Image | None]]:
+    """(HR prediction, LR prediction or None) per case of a method's prediction folder."""
+    result = {}
+    for case in cases:
+        segmentation = sitk.ReadImage(os.path.join(output, f"{case}.nii.gz"))
+        if name == "nnunet_lr_upsampled_nearest":
+            result[case] = (sitk.Resample(segmentation, hr_reference(segmentation), sitk.Transform(),
+                                          sitk.sitkNearestNeighbor, 0), segmentation)
+        elif name == "nnunet_lr_upsampled_sdf":
+            result[case] = (shape_based_label(segmentation), segmentation)
+        else:
+            result[case] = (segmentation, None)
+    return result
+
+
+# --- splits and methods -----------------------------------------------------------------------------------
+def splits(args) -> list[tuple[str, list[str], list[str]]]:
+    """(name, training cases, test cases) of each split: the fixed one, or the folds of --folds K."""
+    if not args.folds:
+        return [("fixed", args.train_cases, args.test_cases)]
+    cases = sorted(set(args.train_cases) | set(args.test_cases))
+    if not 2 <= args.folds <= len(cases):
+        sys.exit(f"--folds {args.folds} needs between 2 and {len(cases)} folds for {len(cases)} cases.")
+    folds = [cases[k::args.folds] for k in range(args.folds)]
+    return [(f"fold{k}", [c for c in cases if c not in test], test) for k, test in enumerate(folds)]
+
+
+def methods_of_split(raw: str, pseudohr: str, args) -> list[Method]:
+    total, lr_only, tune = args.lr_epochs + args.finetune_epochs, args.lr_epochs, args.finetune_epochs
+    inputs = {key: os.path.join(raw, dataset_name(key), "imagesTs") for key in DATASETS}
+    init = Method("nnunet_lr_init", dataset_name("lr"), "nnUNetTrainer", INIT_PLANS, lr_only, "nnUNetv2_predict",
+                  inputs["lr"])
+    checkpoint = os.path.join(model_folder(init), "fold_all", "checkpoint_final.pth")
+    pseudohr_inputs = os.path.join(raw, pseudohr, "imagesTs")
+    return [init,
+            Method("nnunet_lr", dataset_name("lr"), "nnUNetTrainer", BENCH_PLANS, total, "nnUNetv2_predict", inputs["lr"]),
+            Method("interp_nnunet", dataset_name("interp"), "nnUNetTrainer", BENCH_PLANS, total, "nnUNetv2_predict",
+                   inputs["interp"]),
+            Method("sr_nnunet", pseudohr, "nnUNetTrainer", BENCH_PLANS, total, "nnUNetv2_predict", pseudohr_inputs),
+            Method("oracle_hr", dataset_name("hr"), "nnUNetTrainer", BENCH_PLANS, total, "nnUNetv2_predict", inputs["hr"])] + [
+        Method(name, pseudohr, trainer, "REHRSegPlans", tune, "rehrseg_predict", inputs["lr"], checkpoint)
+        for name, trainer in (("rehrseg", "REHRSegTrainer"), ("rehrseg_noUASR", "REHRSegTrainer_noUASR"),
+                              ("rehrseg_noDistill", "REHRSegTrainer_noDistill"),
+                              ("rehrseg_noHRHead", "REHRSegTrainer_noHRHead"))]
+
+
+SCORED = {  # result key -> the method whose predictions it scores
+    "nnunet_lr_upsampled_nearest": "nnunet_lr", "nnunet_lr_upsampled_sdf": "nnunet_lr", "interp_nnunet": "interp_nnunet",
+    "sr_nnunet": "sr_nnunet", "rehrseg": "rehrseg", "rehrseg_noUASR": "rehrseg_noUASR",
+    "rehrseg_noDistill": "rehrseg_noDistill", "rehrseg_noHRHead": "rehrseg_noHRHead", "oracle_hr": "oracle_hr"}
+
+
+def run_split(name: str, train_cases: list[str], test_cases: list[str], data: str, args) -> dict:
+    """Everything for one split; returns per result key: per-case scores, seconds and provenance."""
+    work = os.path.join(os.path.abspath(args.work), name)
+    env = {"nnUNet_raw": os.path.join(work, "nnUNet_raw"), "nnUNet_preprocessed": os.path.join(work, "nnUNet_preprocessed"),
+           "nnUNet_results": os.path.join(work, "nnUNet_results"), "nnUNet_def_n_proc": "1", "nnUNet_compile": "0"}
+    os.environ.update(env)
+    references = os.path.join(work, "references")
+    log(f"split {name}: train {', '.join(train_cases)}; test {', '.join(test_cases)}")
+    make_datasets(data, env["nnUNet_raw"], references, train_cases, test_cases)
+    model = os.path.join(work, "sr_model")
+    if not os.path.isfile(os.path.join(model, "stage_1c", "checkpoint_final.pth")):
+        command = [script("rehrseg_train_sr"), "-d", str(DATASETS["lr"][0]), "-o", model, "-device", args.device,
+                   "--steps", *map(str, args.sr_steps), "--seed", str(args.seed)]
+        run(command + (["--continue"] if os.path.isfile(os.path.join(model, "config.json")) else []))
+    run([script("rehrseg_make_pseudohr"), "-d", str(DATASETS["lr"][0]), "-o", str(PSEUDOHR_ID), "-m", model,
+         "-device", args.device])
+    pseudohr = next(d for d in os.listdir(env["nnUNet_raw"]) if d.startswith(f"Dataset{PSEUDOHR_ID}_"))
+    stock = [dataset_name(k) for k in DATASETS] + [pseudohr]
+    missing = [d for d in stock if not os.path.isdir(os.path.join(env["nnUNet_preprocessed"], d, "nnUNetPlans_3d_fullres"))]
+    if missing:
+        run([script("nnUNetv2_plan_and_preprocess"), "-d", *[d.split("_")[0][7:] for d in missing], "-c", "3d_fullres",
+             "-np", "1", "-npfp", "1", "--verify_dataset_integrity"])
+    lr_patch = [args.patch_size[0] // SCALE_FACTOR, *args.patch_size[1:]]
+    for plans_name in (BENCH_PLANS, INIT_PLANS):
+        write_bench_plans(env["nnUNet_preprocessed"], dataset_name("lr"), lr_patch, args, plans_name)
+    for dataset in (dataset_name("interp"), dataset_name("hr"), pseudohr):
+        write_bench_plans(env["nnUNet_preprocessed"], dataset, args.patch_size, args)
+    if args.device == "cpu":
+        os.environ.setdefault("nnUNet_n_proc_DA", "0")  # 2 CPU cores: augmentation workers only compete
+
+    methods = {m.name: m for m in methods_of_split(env["nnUNet_raw"], pseudohr, args)}
+    seconds: dict[str, float | None] = {}
+    for method in methods.values():
+        if method.initialised_from and not os.path.isfile(os.path.join(env["nnUNet_preprocessed"], pseudohr,
+                                                                       "REHRSegPlans.json")):
+            lr_plans = os.path.join(model_folder(methods["nnunet_lr_init"]), "plans.json")
+            run([script("rehrseg_plan"), "-d", str(PSEUDOHR_ID), "--lr_plans", lr_plans, "-np", "1"])
+        seconds[method.name] = train(method, args)
+        if method.name != "nnunet_lr_init":
+            predict(method, os.path.join(work, "predictions", method.name), args)
+    results = {}
+    for key, method_name in SCORED.items():
+        method = methods[method_name]
+        predictions = scored_predictions(key, os.path.join(work, "predictions", method_name), test_cases)
+        per_case = {case: score_case(hr, lr, case, references) for case, (hr, lr) in predictions.items()}
+        results[key] = {"per_case": per_case, "train_seconds": seconds[method_name], "trainer": method.trainer,
+                        "plans": method.plans, "dataset": method.dataset, "epochs": method.epochs,
+                        "total_iterations": (method.epochs + (args.lr_epochs if method.initialised_from else 0))
+                        * args.iterations}
+        if method.initialised_from:
+            results[key]["initialised_from"] = os.path.relpath(method.initialised_from, work)
+            results[key]["fine_tuning_iterations"] = method.epochs * args.iterations
+    return results
+
+
+def save_figure(path: str, data: str, args) -> None:
+    """The first split's first test case in a through-plane view: LR input, each method, the 1 mm truth."""
     from rehrseg_nnunet.qc import Panel, save_qc_png
-    case = TEST_CASES[0]
+    name, _, test_cases = splits(args)[0]
+    case, work = test_cases[0], os.path.join(os.path.abspath(args.work), name)
     predictions = os.path.join(work, "predictions")
     truth_image = sitk.ReadImage(os.path.join(data, case, "t1c.nii.gz"), sitk.sitkFloat32)
     truth_label = sitk.Cast(sitk.ReadImage(os.path.join(data, case, "labels.nii.gz")), sitk.sitkUInt8)
     lr_image = sitk.ReadImage(os.path.join(work, "nnUNet_raw", dataset_name("lr"), "imagesTs", f"{case}_0000.nii.gz"))
-    panels = [Panel("LR input (4 mm)", lr_image),
-              Panel(lr_variant, truth_image, upsample_lr_prediction(os.path.join(predictions, "nnunet_lr"), case,
-                                                                   lr_variant.rsplit("_", 1)[1]))]
-    for method in ("interp_nnunet", "sr_nnunet", "rehrseg", "rehrseg_noUASR", "rehrseg_noDistill"):
-        panels.append(Panel(method, truth_image, sitk.ReadImage(os.path.join(predictions, method, f"{case}.nii.gz"))))
+    panels = [Panel("LR input (4 mm)", lr_image)]
+    for key in ("nnunet_lr_upsampled_sdf", "interp_nnunet", "sr_nnunet", "rehrseg", "oracle_hr"):
+        hr, _ = scored_predictions(key, os.path.join(predictions, SCORED[key]), [case])[case]
+        panels.append(Panel(key, truth_image, hr))
     panels.append(Panel("1 mm truth", truth_image, truth_label))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_qc_png(path, panels, SLICE_AXIS, columns=4)
 
 
+def print_table(methods: dict) -> None:
+    columns = CLASSES + list(REGIONS)
+    print(f"\nHR Dice (mean over test cases); HD95 in mm for the regions\n{'method':29s}"
+          + "".join(f"{c[:12]:>13s}" for c in columns) + f"{'class mean':>11s}" + f"{'WT HD95':>9s}")
+    for key, row in methods.items():
+        cells = "".join(f"{row['hr'][c]['dice']['mean']:13.4f}" if c in row["hr"] else f"{'-':>13s}" for c in columns)
+        print(f"{key:29s}{cells}{row['per_class_mean_hr_dice']:11.4f}{row['hr']['whole_tumour']['hd95']['mean']:9.2f}")
+
+
 # --- main -------------------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "data", "brats2013_subset"))
+    parser.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "data", "brats2013_subset"),
+                        help="folder of case folders (t1c.nii.gz, labels.nii.gz)")
+    parser.add_argument("--train-cases", nargs="+", default=["pat0001", "pat0002", "pat0003"])
+    parser.add_argument("--test-cases", nargs="+", default=["pat0004"])
+    parser.add_argument("--folds", type=int, default=0, help="K-fold cross-validation over train + test cases")
     parser.add_argument("--work", default=os.path.join(HERE, "work", "brats_4x"))
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--full", action="store_true",
-                        help="nnU-Net's own plans and schedule (1000 x 250) for every method; SR preset steps (GPU)")
-    parser.add_argument("--sr-steps", type=int, nargs=3, default=[1000, 300, 600], help="quick mode: SR steps 1a 1b 1c")
-    parser.add_argument("--epochs", type=int, default=10, help="quick mode")
-    parser.add_argument("--iterations", type=int, default=25, help="quick mode: iterations per epoch")
-    parser.add_argument("--val-iterations", type=int, default=2, help="quick mode: validation iterations per epoch")
-    parser.add_argument("--patch-size", type=int, nargs=3, default=[32, 64, 64], help="quick mode: HR patch (z y x)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (augmentation workers: nnUNet_n_proc_DA)")
+    parser.add_argument("--lr-epochs", type=int, default=24, help="E1: epochs of the LR nnU-Net REHRSeg starts from")
+    parser.add_argument("--finetune-epochs", type=int, default=16, help="E2: REHRSeg's fine-tuning epochs")
+    parser.add_argument("--iterations", type=int, default=25, help="iterations per epoch (every method)")
+    parser.add_argument("--val-iterations", type=int, default=2, help="validation iterations per epoch")
+    parser.add_argument("--sr-steps", type=int, nargs=3, default=[1000, 300, 600], help="SR steps of stages 1a 1b 1c")
+    parser.add_argument("--patch-size", type=int, nargs=3, default=[32, 64, 64], help="HR patch (z y x); LR: z / 4")
     parser.add_argument("--base-features", type=int, default=16)
     parser.add_argument("--max-features", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=os.path.join(HERE, "results", "brats_4x.json"))
     parser.add_argument("--figure", default=os.path.join(HERE, "..", "docs", "brats_4x.png"))
-    parser.add_argument("--figure-only", action="store_true",
-                        help="redraw the figure from the predictions and results of a finished run")
     args = parser.parse_args()
     if not os.path.isdir(args.data):
-        sys.exit(f"{args.data} does not exist; pass --data with the BRATS subset folder (../shared/data/brats2013_subset).")
+        sys.exit(f"{args.data} does not exist; pass --data with the BRATS case folders (../shared/data/brats2013_subset).")
     data = os.path.abspath(args.data)
-    work = os.path.abspath(args.work)
-    env = {"nnUNet_raw": os.path.join(work, "nnUNet_raw"), "nnUNet_preprocessed": os.path.join(work, "nnUNet_preprocessed"),
-           "nnUNet_results": os.path.join(work, "nnUNet_results"), "nnUNet_def_n_proc": "1", "nnUNet_compile": "0"}
-    os.environ.update(env)
-    references = os.path.join(work, "references")
-    if args.figure_only:
-        with open(args.output) as handle:
-            save_figure(args.figure, data, work, json.load(handle)["methods"]["nnunet_lr_upsampled"]["variant"])
-        return
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    log("simulating 4 mm slices; LR and interpolated datasets")
-    make_datasets(data, env["nnUNet_raw"], references)
-
-    model = os.path.join(work, "sr_model")
-    if not os.path.isfile(os.path.join(model, "stage_1c", "checkpoint_final.pth")):
-        command = [script("rehrseg_train_sr"), "-d", str(DATASETS["lr"][0]), "-o", model, "-device", args.device]
-        if not args.full:
-            command += ["--steps", *map(str, args.sr_steps)]
-        if os.path.isfile(os.path.join(model, "config.json")):
-            command.append("--continue")
-        t0 = time.perf_counter()
-        run(command)
-        timings["sr_training"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    run([script("rehrseg_make_pseudohr"), "-d", str(DATASETS["lr"][0]), "-o", str(PSEUDOHR_ID), "-m", model,
-         "-device", args.device])
-    timings["make_pseudohr"] = time.perf_counter() - t0
-    pseudohr = next(d for d in os.listdir(env["nnUNet_raw"]) if d.startswith(f"Dataset{PSEUDOHR_ID}_"))
-
-    stock_datasets = [dataset_name("lr"), dataset_name("interp"), pseudohr]
-    t0 = time.perf_counter()
-    missing = [d for d in stock_datasets if not os.path.isfile(os.path.join(env["nnUNet_preprocessed"], d, "nnUNetPlans.json"))
-               or not os.path.isdir(os.path.join(env["nnUNet_preprocessed"], d, "nnUNetPlans_3d_fullres"))]
+    missing = [c for c in args.train_cases + args.test_cases if not os.path.isdir(os.path.join(data, c))]
     if missing:
-        run([script("nnUNetv2_plan_and_preprocess"), "-d", *[d.split("_")[0][7:] for d in missing], "-c", "3d_fullres",
-             "-np", "1", "-npfp", "1", "--verify_dataset_integrity"])
-    rehrseg_patch = [] if args.full else ["--patch_size", *map(str, args.patch_size), "--base_features",
-                                          str(args.base_features), "--max_features", str(args.max_features),
-                                          "--batch_size", str(args.batch_size)]
-    run([script("rehrseg_plan"), "-d", str(PSEUDOHR_ID), *rehrseg_patch, "-np", "1"])
-    hr_patch = None if args.full else args.patch_size
-    lr_patch = None if args.full else [args.patch_size[0] // SCALE_FACTOR, *args.patch_size[1:]]
-    plans = {dataset_name("lr"): write_bench_plans(env["nnUNet_preprocessed"], dataset_name("lr"), lr_patch, args),
-             dataset_name("interp"): write_bench_plans(env["nnUNet_preprocessed"], dataset_name("interp"), hr_patch, args),
-             pseudohr: write_bench_plans(env["nnUNet_preprocessed"], pseudohr, hr_patch, args)}
-    timings["plan_and_preprocess"] = time.perf_counter() - t0
-    os.environ["nnUNet_n_proc_DA"] = "0"  # data augmentation in the training process: 2 CPU cores, no gain from workers
-
-    predictions_root = os.path.join(work, "predictions")
-    lr_inputs = os.path.join(env["nnUNet_raw"], dataset_name("lr"), "imagesTs")
-    runs = [  # method, dataset, trainer, plans, prediction entry point, inputs
-        ("nnunet_lr", dataset_name("lr"), "nnUNetTrainer", plans[dataset_name("lr")], "nnUNetv2_predict", lr_inputs),
-        ("interp_nnunet", dataset_name("interp"), "nnUNetTrainer", plans[dataset_name("interp")], "nnUNetv2_predict",
-         os.path.join(env["nnUNet_raw"], dataset_name("interp"), "imagesTs")),
-        ("sr_nnunet", pseudohr, "nnUNetTrainer", plans[pseudohr], "nnUNetv2_predict",
-         os.path.join(env["nnUNet_raw"], pseudohr, "imagesTs")),
-        ("rehrseg", pseudohr, "REHRSegTrainer", "REHRSegPlans", "rehrseg_predict", lr_inputs),
-        ("rehrseg_noUASR", pseudohr, "REHRSegTrainer_noUASR", "REHRSegPlans", "rehrseg_predict", lr_inputs),
-        ("rehrseg_noDistill", pseudohr, "REHRSegTrainer_noDistill", "REHRSegPlans", "rehrseg_predict", lr_inputs),
-    ]
-    methods: dict[str, dict] = {}
-    seconds: dict[str, tuple[float, float]] = {}
-    for method, dataset, trainer_name, plans_name, entry, inputs in runs:
-        _, train_seconds = train(trainer_name, dataset, plans_name, args)
-        predict_seconds = predict(entry, inputs, os.path.join(predictions_root, method), dataset, trainer_name,
-                                  plans_name, args, save_probabilities=method == "nnunet_lr")
-        seconds[method] = train_seconds, predict_seconds
-    for method, dataset, trainer_name, plans_name, _, _ in runs:
-        output = os.path.join(predictions_root, method)
-        train_seconds, predict_seconds = seconds[method]
-        variants = {"nnunet_lr_upsampled_nearest": "nearest", "nnunet_lr_upsampled_linear": "linear"} \
-            if method == "nnunet_lr" else {method: None}
-        for name, mode in variants.items():
-            per_case = {}
-            for case in TEST_CASES:
-                if mode:
-                    prediction_lr = sitk.ReadImage(os.path.join(output, f"{case}.nii.gz"))
-                    prediction_hr = upsample_lr_prediction(output, case, mode)
-                else:
-                    prediction_lr, prediction_hr = None, sitk.ReadImage(os.path.join(output, f"{case}.nii.gz"))
-                per_case[case] = score(prediction_hr, prediction_lr, case, references)
-            methods[name] = {**summarise(per_case), "train_seconds": train_seconds, "predict_seconds": predict_seconds,
-                             "trainer": trainer_name, "plans": plans_name, "dataset": dataset}
-            log(f"{name}: HR Dice {methods[name]['hr_dice']:.4f}, HR HD95 {methods[name]['hr_hd95']:.2f} mm, "
-                f"LR Dice {methods[name]['lr_dice']:.4f}, LR HD95 {methods[name]['lr_hd95']:.2f} mm")
-    nearest, linear = methods["nnunet_lr_upsampled_nearest"], methods["nnunet_lr_upsampled_linear"]
-    best = "nnunet_lr_upsampled_linear" if linear["hr_dice"] >= nearest["hr_dice"] else "nnunet_lr_upsampled_nearest"
-    methods["nnunet_lr_upsampled"] = {**copy.deepcopy(methods[best]), "variant": best}
+        sys.exit(f"no case folder {', '.join(missing)} under {data}; pass existing cases to --train-cases/--test-cases.")
+    started = time.perf_counter()
+    pooled: dict[str, dict] = {}
+    for name, train_cases, test_cases in splits(args):
+        for key, result in run_split(name, train_cases, test_cases, data, args).items():
+            entry = pooled.setdefault(key, {k: v for k, v in result.items() if k != "per_case"})
+            entry.setdefault("per_case", {}).update({f"{name}/{c}": s for c, s in result["per_case"].items()})
+            entry.setdefault("train_seconds_per_split", {})[name] = result["train_seconds"]
+            entry.pop("train_seconds", None)
+    methods = {key: {**summarise(entry["per_case"]), **{k: v for k, v in entry.items() if k != "per_case"}}
+               for key, entry in pooled.items()}
 
     import torch
     results = {
         "methods": methods,
-        "split": {"train": TRAIN_CASES, "test": TEST_CASES, "kind": "fixed split"},
-        "budget": {"mode": "full (nnU-Net plans and schedule)" if args.full else "quick",
-                   "epochs": None if args.full else args.epochs,
-                   "iterations_per_epoch": None if args.full else args.iterations,
-                   "val_iterations_per_epoch": None if args.full else args.val_iterations,
-                   "hr_patch_size": hr_patch, "lr_patch_size": lr_patch, "base_features": args.base_features,
-                   "max_features": args.max_features, "batch_size": args.batch_size,
-                   "sr_steps": None if args.full else args.sr_steps, "test_time_mirroring": False, "seed": args.seed},
+        "splits": [{"name": n, "train": tr, "test": te} for n, tr, te in splits(args)],
+        "budget": {"lr_epochs": args.lr_epochs, "finetune_epochs": args.finetune_epochs,
+                   "iterations_per_epoch": args.iterations, "val_iterations_per_epoch": args.val_iterations,
+                   "total_iterations_per_method": (args.lr_epochs + args.finetune_epochs) * args.iterations,
+                   "hr_patch_size": args.patch_size, "base_features": args.base_features,
+                   "max_features": args.max_features, "batch_size": args.batch_size, "sr_steps": args.sr_steps,
+                   "test_time_mirroring": False, "seed": args.seed},
         "device": f"{args.device} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
                   f"{torch.__version__})",
-        "timings_seconds": {**timings, "total": time.perf_counter() - started},
+        "seconds_this_run": time.perf_counter() - started,
         "command": "python benchmarks/brats_4x.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     write_json_atomically(args.output, results)
-    save_figure(args.figure, data, work, best)
-    print(f"\n{'method':30s} {'HR Dice':>8s} {'HR HD95':>8s} {'LR Dice':>8s} {'LR HD95':>8s}")
-    for name, row in methods.items():
-        print(f"{name:30s} {row['hr_dice']:8.4f} {row['hr_hd95']:8.2f} {row['lr_dice']:8.4f} {row['lr_hd95']:8.2f}")
-    log(f"results: {args.output}; figure: {args.figure}; total {results['timings_seconds']['total'] / 60:.1f} min")
+    save_figure(args.figure, data, args)
+    print_table(methods)
+    log(f"results: {args.output}; figure: {args.figure}; this run {results['seconds_this_run'] / 60:.1f} min")
 
 
 if __name__ == "__main__":
