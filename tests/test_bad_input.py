@@ -82,3 +82,30 @@ def test_make_pseudohr_output_path_taken_by_a_file_is_one_line(tmp_path, trained
                                                   "-device", "cpu"], {"nnUNet_raw": str(raw)})
     assert_one_line_error(result, "rehrseg_make_pseudohr: error:", "Dataset607_PhantomPseudoHR")
     assert tree_digest(raw) == before
+
+
+@pytest.mark.parametrize("problem, fragments", [
+    ("invalid_json", ["dataset.json", "not valid JSON"]),
+    ("labels_as_list", ["dataset.json", "labels"]),
+    ("truncated_image", ["case001_0000.nii.gz", "truncated"]),
+])
+def test_train_sr_refuses_a_broken_dataset_with_one_line_and_writes_nothing(raw, tmp_path, problem, fragments):
+    import json
+
+    folder = raw / "Dataset521_Phantom"
+    if problem == "invalid_json":
+        (folder / "dataset.json").write_text('{"labels": {"background": 0,')
+    elif problem == "labels_as_list":
+        dataset_json = json.loads((folder / "dataset.json").read_text())
+        dataset_json["labels"] = list(dataset_json["labels"])
+        (folder / "dataset.json").write_text(json.dumps(dataset_json))
+    else:
+        path = folder / "imagesTr" / "case001_0000.nii.gz"
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # SimpleITK would read it zero-filled
+    before = tree_digest(raw)
+    result = run_script("rehrseg_train_sr", ["-d", "521", "-o", str(tmp_path / "model"), "--steps", "2",
+                                             "-device", "cpu"], {"nnUNet_raw": str(raw)})
+    assert_one_line_error(result, "rehrseg_train_sr: error:", *fragments)
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "model").exists()
+    assert tree_digest(raw) == before
