@@ -47,6 +47,26 @@ def test_hr_head_conv_on_the_lr_grid_equals_conv_of_the_upsampled_map(shape, hr_
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("deep_supervision", [True, False])
+def test_lr_logits_equal_plain_conv_unet_on_the_pooled_patch(deep_supervision):
+    """REHRSegUNet copies PlainConvUNet's decoder loop (to keep the last decoder map for the HR head): with the
+    same weights its LR logits must equal upstream's on the thick-slice-pooled patch, at every scale."""
+    r = 4
+    net = build(r, deep_supervision=deep_supervision)
+    torch.manual_seed(0)
+    plain = PlainConvUNet(**UNET_KWARGS, deep_supervision=deep_supervision)
+    missing, unexpected = plain.load_state_dict(net.state_dict(), strict=False)
+    assert not missing and all(key.startswith("rehrseg.") for key in unexpected)
+    x = torch.randn(2, 1, 4 * r, 16, 16)
+    with torch.no_grad():
+        ours = net(x)["lr"]
+        upstream = plain(pool_thick_slices(x, r))
+    ours, upstream = (ours, upstream) if deep_supervision else ([ours], [upstream])
+    assert len(ours) == len(upstream)
+    for a, b in zip(ours, upstream):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("r", [2, 3, 4])
 def test_hr_logits_have_the_input_patch_shape(r):
     net = build(r)
