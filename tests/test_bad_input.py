@@ -109,3 +109,27 @@ def test_train_sr_refuses_a_broken_dataset_with_one_line_and_writes_nothing(raw,
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "model").exists()
     assert tree_digest(raw) == before
+
+
+def test_train_sr_ctrl_c_says_how_to_resume_and_continue_finishes(raw, tmp_path):
+    import signal
+    import time
+
+    model = tmp_path / "model"
+    args = ["-d", "521", "-o", str(model), "--steps", "6", "40", "6", "--save-every", "2", "-device", "cpu"]
+    process = subprocess.Popen([console_script("rehrseg_train_sr"), *args], env={**os.environ, "nnUNet_raw": str(raw)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    latest = model / "stage_1b" / "checkpoint_latest.pth"
+    deadline = time.time() + 300
+    while not latest.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == "rehrseg_train_sr: interrupted; run it again with --continue to resume."
+    assert not list(model.rglob("*.tmp"))
+    assert not (model / "stage_1c").exists() or not (model / "stage_1c" / "checkpoint_final.pth").exists()
+    rerun = run_script("rehrseg_train_sr", [*args, "--continue"], {"nnUNet_raw": str(raw)})
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert (model / "stage_1c" / "checkpoint_final.pth").is_file()
