@@ -176,7 +176,7 @@ def check_input_folder(input_folder: str, dataset_json: dict, settings: dict, mo
 
 def install_stock_predictor_hook() -> None:
     """Give stock ``nnUNetv2_predict`` with a REHRSeg model what ``rehrseg_predict`` has: every input checked
-    against the model (one line naming the file, exit status 2, nothing written) and sliding windows that
+    against the model (one line naming the file, exit status 2, nothing predicted) and sliding windows that
     start at thick-slice boundaries. Its export stays nnU-Net's (the LR input grid).
 
     nnU-Net imports the trainer shim while it initialises the predictor from the model folder, so this runs
