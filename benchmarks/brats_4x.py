@@ -332,16 +332,17 @@ def methods_of_split(raw: str, pseudohr: str, args) -> list[Method]:
                   inputs["lr"])
     checkpoint = os.path.join(model_folder(init), "fold_all", "checkpoint_final.pth")
     pseudohr_inputs = os.path.join(raw, pseudohr, "imagesTs")
+    # cheapest first, so that a run cut short has REHRSeg and the LR baseline scored before the HR-grid baselines
     return [init,
-            Method("nnunet_lr", dataset_name("lr"), "nnUNetTrainer", BENCH_PLANS, total, "nnUNetv2_predict", inputs["lr"]),
-            Method("interp_nnunet", dataset_name("interp"), "nnUNetTrainer", BENCH_PLANS, total, "nnUNetv2_predict",
-                   inputs["interp"]),
-            Method("sr_nnunet", pseudohr, "nnUNetTrainer", BENCH_PLANS, total, "nnUNetv2_predict", pseudohr_inputs),
-            Method("oracle_hr", dataset_name("hr"), "nnUNetTrainer", BENCH_PLANS, total, "nnUNetv2_predict", inputs["hr"])] + [
+            Method("nnunet_lr", dataset_name("lr"), "nnUNetTrainer", BENCH_PLANS, total, "nnUNetv2_predict", inputs["lr"])] + [
         Method(name, pseudohr, trainer, "REHRSegPlans", tune, "rehrseg_predict", inputs["lr"], checkpoint)
         for name, trainer in (("rehrseg", "REHRSegTrainer"), ("rehrseg_noUASR", "REHRSegTrainer_noUASR"),
                               ("rehrseg_noDistill", "REHRSegTrainer_noDistill"),
-                              ("rehrseg_noHRHead", "REHRSegTrainer_noHRHead"))]
+                              ("rehrseg_noHRHead", "REHRSegTrainer_noHRHead"))] + [
+        Method("interp_nnunet", dataset_name("interp"), "nnUNetTrainer", BENCH_PLANS, total, "nnUNetv2_predict",
+               inputs["interp"]),
+        Method("sr_nnunet", pseudohr, "nnUNetTrainer", BENCH_PLANS, total, "nnUNetv2_predict", pseudohr_inputs),
+        Method("oracle_hr", dataset_name("hr"), "nnUNetTrainer", BENCH_PLANS, total, "nnUNetv2_predict", inputs["hr"])]
 
 
 SCORED = {  # result key -> the method whose predictions it scores
@@ -358,6 +359,9 @@ def run_split(name: str, train_cases: list[str], test_cases: list[str], data: st
     os.environ.update(env)
     references = os.path.join(work, "references")
     log(f"split {name}: train {', '.join(train_cases)}; test {', '.join(test_cases)}")
+    if args.score_only:
+        pseudohr = next(d for d in os.listdir(env["nnUNet_raw"]) if d.startswith(f"Dataset{PSEUDOHR_ID}_"))
+        return score_split(work, methods_of_split(env["nnUNet_raw"], pseudohr, args), {}, test_cases, references, args)
     make_datasets(data, env["nnUNet_raw"], references, train_cases, test_cases)
     model = os.path.join(work, "sr_model")
     if not os.path.isfile(os.path.join(model, "stage_1c", "checkpoint_final.pth")):
@@ -390,12 +394,23 @@ def run_split(name: str, train_cases: list[str], test_cases: list[str], data: st
         seconds[method.name] = train(method, args)
         if method.name != "nnunet_lr_init":
             predict(method, os.path.join(work, "predictions", method.name), args)
+    return score_split(work, list(methods.values()), seconds, test_cases, references, args)
+
+
+def score_split(work: str, methods: list[Method], seconds: dict, test_cases: list[str], references: str,
+                args) -> dict:
+    """Scores of every result key whose predictions are complete (a run cut short scores what it has)."""
+    methods = {m.name: m for m in methods}
     results = {}
     for key, method_name in SCORED.items():
         method = methods[method_name]
-        predictions = scored_predictions(key, os.path.join(work, "predictions", method_name), test_cases)
+        output = os.path.join(work, "predictions", method_name)
+        if not os.path.isfile(os.path.join(output, "benchmark_predict_complete.json")):
+            log(f"{key}: no complete prediction yet, not scored")
+            continue
+        predictions = scored_predictions(key, output, test_cases)
         per_case = {case: score_case(hr, lr, case, references) for case, (hr, lr) in predictions.items()}
-        results[key] = {"per_case": per_case, "train_seconds": seconds[method_name], "trainer": method.trainer,
+        results[key] = {"per_case": per_case, "train_seconds": seconds.get(method_name), "trainer": method.trainer,
                         "plans": method.plans, "dataset": method.dataset, "epochs": method.epochs,
                         "total_iterations": (method.epochs + (args.lr_epochs if method.initialised_from else 0))
                         * args.iterations}
@@ -416,6 +431,8 @@ def save_figure(path: str, data: str, args) -> None:
     lr_image = sitk.ReadImage(os.path.join(work, "nnUNet_raw", dataset_name("lr"), "imagesTs", f"{case}_0000.nii.gz"))
     panels = [Panel("LR input (4 mm)", lr_image)]
     for key in ("nnunet_lr_upsampled_sdf", "interp_nnunet", "sr_nnunet", "rehrseg", "oracle_hr"):
+        if not os.path.isfile(os.path.join(predictions, SCORED[key], "benchmark_predict_complete.json")):
+            continue
         hr, _ = scored_predictions(key, os.path.join(predictions, SCORED[key]), [case])[case]
         panels.append(Panel(key, truth_image, hr))
     panels.append(Panel("1 mm truth", truth_image, truth_label))
@@ -454,6 +471,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=os.path.join(HERE, "results", "brats_4x.json"))
     parser.add_argument("--figure", default=os.path.join(HERE, "..", "docs", "brats_4x.png"))
+    parser.add_argument("--score-only", action="store_true",
+                        help="train and predict nothing: score the methods whose predictions are complete")
     args = parser.parse_args()
     if not os.path.isdir(args.data):
         sys.exit(f"{args.data} does not exist; pass --data with the BRATS case folders (../shared/data/brats2013_subset).")
@@ -471,10 +490,13 @@ def main() -> None:
             entry.pop("train_seconds", None)
     methods = {key: {**summarise(entry["per_case"]), **{k: v for k, v in entry.items() if k != "per_case"}}
                for key, entry in pooled.items()}
+    complete = {key for key, entry in methods.items() if len(entry["per_case"]) == sum(len(s[2]) for s in splits(args))}
+    pending = [key for key in SCORED if key not in complete]
 
     import torch
     results = {
         "methods": methods,
+        "pending": pending,  # result keys not yet scored on every test case: re-run to resume
         "splits": [{"name": n, "train": tr, "test": te} for n, tr, te in splits(args)],
         "budget": {"lr_epochs": args.lr_epochs, "finetune_epochs": args.finetune_epochs,
                    "iterations_per_epoch": args.iterations, "val_iterations_per_epoch": args.val_iterations,
