@@ -116,7 +116,7 @@ def test_train_sr_ctrl_c_says_how_to_resume_and_continue_finishes(raw, tmp_path)
     import time
 
     model = tmp_path / "model"
-    args = ["-d", "521", "-o", str(model), "--steps", "6", "40", "6", "--save-every", "2", "-device", "cpu"]
+    args = ["-d", "521", "-o", str(model), "--steps", "6", "200", "6", "--save-every", "2", "-device", "cpu"]
     process = subprocess.Popen([console_script("rehrseg_train_sr"), *args], env={**os.environ, "nnUNet_raw": str(raw)},
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     latest = model / "stage_1b" / "checkpoint_latest.pth"
