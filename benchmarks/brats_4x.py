@@ -35,7 +35,6 @@ checkpoint), predictions and the SR model; work lives in ``--work``, one folder 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -52,7 +51,8 @@ import SimpleITK as sitk
 from rehrseg_nnunet.dataset_io import write_json_atomically
 from rehrseg_nnunet.degradation import labels_to_lr, simulate_thick_slices
 from rehrseg_nnunet.geometry import Grid
-from rehrseg_nnunet.shape_interpolation import shape_based_upsample
+from rehrseg_nnunet.planning import write_resized_plans
+from rehrseg_nnunet.shape_interpolation import shape_based_upsample_image
 from rehrseg_nnunet.training import EXT_TRAINER_FOLDER
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -94,11 +94,7 @@ def hr_reference(lr_image: sitk.Image) -> sitk.Image:
 
 def shape_based_label(lr_label: sitk.Image) -> sitk.Image:
     """An LR label map on its HR grid by shape-based interpolation along z."""
-    array = sitk.GetArrayFromImage(lr_label)
-    hr = shape_based_upsample(array, 2 - SLICE_AXIS, SCALE_FACTOR, tuple(reversed(lr_label.GetSpacing())))
-    image = sitk.GetImageFromArray(hr)
-    image.CopyInformation(hr_reference(lr_label))
-    return image
+    return shape_based_upsample_image(lr_label, SLICE_AXIS, SCALE_FACTOR)
 
 
 # --- data -------------------------------------------------------------------------------------------------
@@ -138,34 +134,11 @@ def make_datasets(data: str, raw: str, references: str, train_cases: list[str], 
 
 
 # --- plans ------------------------------------------------------------------------------------------------
-def fixed_budget_plans(plans: dict, patch_size: list[int], base_features: int, max_features: int,
-                       batch_size: int, plans_name: str = BENCH_PLANS) -> dict:
-    """Stock nnU-Net plans with the benchmark's patch, widths and batch (nnU-Net's topology for that patch)."""
-    from rehrseg_nnunet.planning import features_per_stage, lr_topology
-    out = copy.deepcopy(plans)
-    out["plans_name"] = plans_name
-    config = out["configurations"]["3d_fullres"]
-    topology = lr_topology(config["spacing"], patch_size, 1)
-    n_stages = len(topology["strides"])
-    config["architecture"]["arch_kwargs"].update(
-        n_stages=n_stages, features_per_stage=features_per_stage(n_stages, base_features, max_features),
-        kernel_sizes=topology["kernel_sizes"], strides=topology["strides"], n_conv_per_stage=[2] * n_stages,
-        n_conv_per_stage_decoder=[2] * (n_stages - 1))
-    config["patch_size"] = topology["hr_patch_size"]
-    config["batch_size"] = batch_size
-    out["configurations"] = {"3d_fullres": config}
-    return out
-
-
 def write_bench_plans(preprocessed: str, dataset: str, patch_size: list[int], args,
                       plans_name: str = BENCH_PLANS) -> str:
     """nnU-Net's plans of ``dataset`` with the benchmark's patch, widths and batch, saved as ``plans_name``."""
-    folder = os.path.join(preprocessed, dataset)
-    with open(os.path.join(folder, "nnUNetPlans.json")) as handle:
-        plans = json.load(handle)
-    write_json_atomically(os.path.join(folder, f"{plans_name}.json"),
-                          fixed_budget_plans(plans, patch_size, args.base_features, args.max_features, args.batch_size,
-                                             plans_name))
+    write_resized_plans(os.path.join(preprocessed, dataset), patch_size, args.base_features, args.max_features,
+                        args.batch_size, plans_name)
     return plans_name
 
 

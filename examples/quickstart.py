@@ -9,10 +9,19 @@ your own nnU-Net raw dataset; replace step 1 by your dataset and drop the scorin
    thick-slice tissue labels; a third acquisition (phase 1 mm) is kept aside as a test input;
 2. ``rehrseg_train_sr -d 990``                    self-supervised SR from the thick slices alone;
 3. ``rehrseg_make_pseudohr -d 990 -o 991``         pseudo-HR images, labels, uncertainty maps, QC PNGs;
-4. ``nnUNetv2_plan_and_preprocess -d 991``, ``rehrseg_plan -d 991``;
-5. ``nnUNetv2_train 991 3d_fullres all -tr REHRSegTrainer_cpu -p REHRSegPlans`` (short CPU schedule);
-6. ``rehrseg_predict`` on the held-out thick-slice input  -> 1 mm segmentation;
-7. ``rehrseg_evaluate`` against the 1 mm tissue labels the pipeline never saw, next to the test
+4. ``nnUNetv2_plan_and_preprocess -d 990 991 --no_pp``; on a CPU, smaller plans for the thick-slice nnU-Net
+   (``nnUNetPlansCPU``: patch 8 x 64 x 64, 16 -> 128 features, z-score over the whole crop; on a GPU use
+   ``nnUNetPlans`` as they are) and ``nnUNetv2_preprocess -plans_name nnUNetPlansCPU``;
+5. the thick-slice nnU-Net REHRSeg starts from (``nnUNetv2_train 990 … -tr nnUNetTrainer_cpu``,
+   8 x 20 iterations) and, as the comparison, the same nnU-Net trained for REHRSeg's whole budget
+   (``-tr nnUNetTrainer_cpu16epochs``, 16 x 20 iterations);
+6. ``rehrseg_plan -d 991 --lr_plans …`` (the inner U-Net gets the thick-slice model's topology), then
+   ``nnUNetv2_train 991 3d_fullres all -tr REHRSegTrainer_cpu -p REHRSegPlans -pretrained_weights …``:
+   REHRSeg fine-tuned from the thick-slice model (8 x 20 iterations at lr 1e-3, METHOD.md);
+7. ``rehrseg_predict`` on the held-out thick-slice input -> 1 mm segmentation; ``nnUNetv2_predict`` with
+   the comparison model -> 4 mm segmentation, upsampled to 1 mm by shape-based interpolation (what a
+   user would do without REHRSeg);
+8. ``rehrseg_evaluate`` of both against the 1 mm tissue labels no step saw, next to the test
    acquisition's own thick-slice labels upsampled (what thick-slice annotation alone gives).
 
     python examples/quickstart.py [--work demo_output] [-device cpu]
@@ -33,11 +42,17 @@ import SimpleITK as sitk
 from rehrseg_nnunet.degradation import simulate_thick_slices
 from rehrseg_nnunet.example_data import example_cases, write_example_dataset
 from rehrseg_nnunet.geometry import Grid
+from rehrseg_nnunet.planning import write_resized_plans
+from rehrseg_nnunet.shape_interpolation import shape_based_upsample_image
 from rehrseg_nnunet.training import EXT_TRAINER_FOLDER
 
 SOURCE_ID, TARGET_ID = 990, 991
+SOURCE, TARGET = "Dataset990_MNIThick", "Dataset991_MNIThickPseudoHR"
 SCALE_FACTOR = 4
+SLICE_AXIS = 2  # z
 TRAINER = "REHRSegTrainer_cpu"
+LR_TRAINER, BASELINE_TRAINER = "nnUNetTrainer_cpu", "nnUNetTrainer_cpu16epochs"
+LR_PLANS = "nnUNetPlansCPU"
 
 
 def step(index: int, total: int, text: str) -> None:
@@ -66,13 +81,41 @@ def write_test_acquisition(folder: str, reference_folder: str) -> None:
     sitk.WriteImage(upsampled, os.path.join(folder, "lr_labels_upsampled", "mnitest.nii.gz"))
 
 
+def model_folder(dataset: str, trainer: str, plans: str) -> str:
+    return os.path.join(os.environ["nnUNet_results"], dataset, f"{trainer}__{plans}__3d_fullres", "fold_all")
+
+
+def train(dataset_id: int, folder: str, trainer: str, plans: str, device: str, *extra: str) -> None:
+    """``nnUNetv2_train`` unless ``folder`` already holds the final checkpoint (a re-run resumes the example)."""
+    if os.path.isfile(os.path.join(folder, "checkpoint_final.pth")):
+        print(f"      {trainer}: already trained ({folder})")
+        return
+    resume = ["--c"] if os.path.isfile(os.path.join(folder, "checkpoint_latest.pth")) else list(extra)
+    # augmentation in the training process (2 cores)
+    run("nnUNetv2_train", str(dataset_id), "3d_fullres", "all", "-tr", trainer, "-p", plans, "-device", device,
+        *resume, env={"nnUNet_n_proc_DA": "0"})
+
+
+def upsample_shape_based(lr_folder: str, hr_folder: str) -> None:
+    """The thick-slice nnU-Net's segmentations on the 1 mm grid by shape-based interpolation along z."""
+    os.makedirs(hr_folder, exist_ok=True)
+    for name in sorted(os.listdir(lr_folder)):
+        if name.endswith(".nii.gz"):
+            hr = shape_based_upsample_image(sitk.ReadImage(os.path.join(lr_folder, name)), SLICE_AXIS, SCALE_FACTOR)
+            sitk.WriteImage(hr, os.path.join(hr_folder, name))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="demo_output", help="folder for nnUNet_raw/_preprocessed/_results and outputs")
     parser.add_argument("-device", default="cpu", choices=["cpu", "cuda", "mps"])
     parser.add_argument("--sr-steps", type=int, nargs=3, default=[600, 150, 600], help="SR training steps of 1a 1b 1c")
     parser.add_argument("-tr", dest="trainer", default=TRAINER, help=f"REHRSeg trainer (default {TRAINER})")
+    parser.add_argument("--lr-trainers", nargs=2, default=[LR_TRAINER, BASELINE_TRAINER], metavar=("START", "COMPARISON"),
+                        help="thick-slice nnU-Net trainers: the one REHRSeg starts from, and the comparison at REHRSeg's "
+                             f"whole budget (default {LR_TRAINER} {BASELINE_TRAINER})")
     args = parser.parse_args()
+    lr_trainer, baseline_trainer = args.lr_trainers
     work = os.path.abspath(args.work)
     for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         os.environ[variable] = os.path.join(work, variable)
@@ -80,16 +123,20 @@ def main() -> None:
     os.environ.setdefault("nnUNet_compile", "0")         # torch.compile costs more than it saves on CPU
     os.environ["nnUNet_extTrainer"] = EXT_TRAINER_FOLDER  # lets nnUNetv2_train find REHRSegTrainer
     started = time.time()
-    total = 7
+    total = 8
     test_folder, reference = os.path.join(work, "test"), os.path.join(work, "reference_1mm")
-    predictions = os.path.join(work, "predictions_hr")
+    test_images = os.path.join(test_folder, "images")
+    predictions = {"rehrseg": os.path.join(work, "predictions_hr"),
+                   "nnunet_lr": os.path.join(work, "predictions_lr_nnunet"),
+                   "nnunet_lr_shape_based": os.path.join(work, "predictions_lr_nnunet_shape_based_1mm"),
+                   "lr_labels_upsampled": os.path.join(test_folder, "lr_labels_upsampled")}
 
     step(1, total, "thick-slice example dataset (MNI ICBM152 2009a T1, 4 mm slices along z) and a test acquisition")
     write_example_dataset(os.environ["nnUNet_raw"], SOURCE_ID, num_cases=2, scale_factor=SCALE_FACTOR)
     write_test_acquisition(test_folder, reference)
 
     step(2, total, "self-supervised SR, learnt from the thick slices alone")
-    model = os.path.join(os.environ["nnUNet_results"], "Dataset990_MNIThick", "rehrseg_sr")
+    model = os.path.join(os.environ["nnUNet_results"], SOURCE, "rehrseg_sr")
     resume = ["--continue"] if os.path.isfile(os.path.join(model, "config.json")) else []
     if not os.path.isfile(os.path.join(model, "stage_1c", "checkpoint_final.pth")):
         run("rehrseg_train_sr", "-d", str(SOURCE_ID), "-device", args.device, "--steps", *map(str, args.sr_steps), *resume)
@@ -97,43 +144,62 @@ def main() -> None:
     step(3, total, "pseudo-HR dataset: images, labels, uncertainty maps, QC pictures")
     run("rehrseg_make_pseudohr", "-d", str(SOURCE_ID), "-o", str(TARGET_ID), "-device", args.device)
 
-    step(4, total, "nnU-Net planning and preprocessing, then REHRSeg plans (small U-Net and patch for a CPU)")
-    run("nnUNetv2_plan_and_preprocess", "-d", str(TARGET_ID), "-c", "3d_fullres", "-np", "1", "-npfp", "1",
-        "--verify_dataset_integrity")
-    run("rehrseg_plan", "-d", str(TARGET_ID), "--patch_size", "32", "64", "64", "--base_features", "16",
-        "--max_features", "128", "--batch_size", "2", "-np", "1")
+    step(4, total, "nnU-Net planning and preprocessing of both datasets; smaller plans for the thick-slice nnU-Net")
+    # --no_pp: both datasets are preprocessed below for the plans they train with (nnUNetPlansCPU, REHRSegPlans)
+    run("nnUNetv2_plan_and_preprocess", "-d", str(SOURCE_ID), str(TARGET_ID), "-c", "3d_fullres", "-npfp", "1",
+        "--verify_dataset_integrity", "--no_pp")
+    # on a GPU, train the thick-slice nnU-Net with nnUNetPlans as they are; on 2 CPU cores a 16-feature U-Net
+    # on 8 x 64 x 64 thick-slice patches (REHRSeg's patch: 32 x 64 x 64 on the 1 mm grid), z-scored over the
+    # whole cropped volume: inside nnU-Net's non-zero mask the zero background becomes the mean tissue value,
+    # which a few hundred iterations do not learn to tell from tissue (REHRSeg inherits this normalisation)
+    plans_file = write_resized_plans(os.path.join(os.environ["nnUNet_preprocessed"], SOURCE), [8, 64, 64],
+                                     base_features=16, max_features=128, batch_size=2, plans_name=LR_PLANS,
+                                     use_mask_for_norm=False)
+    print(f"      wrote {plans_file}")
+    run("nnUNetv2_preprocess", "-d", str(SOURCE_ID), "-plans_name", LR_PLANS, "-c", "3d_fullres", "-np", "1")
 
-    step(5, total, f"training the REHRSeg nnU-Net ({args.trainer}; the default is a short schedule for 2 CPU cores)")
-    trainer = args.trainer
-    results = os.path.join(os.environ["nnUNet_results"], "Dataset991_MNIThickPseudoHR",
-                           f"{trainer}__REHRSegPlans__3d_fullres", "fold_all", "checkpoint_final.pth")
-    if not os.path.isfile(results):
-        # augmentation in the training process (2 cores)
-        run("nnUNetv2_train", str(TARGET_ID), "3d_fullres", "all", "-tr", trainer, "-p", "REHRSegPlans",
-            "-device", args.device, env={"nnUNet_n_proc_DA": "0"})
+    step(5, total, "thick-slice nnU-Net: the model REHRSeg starts from, and the comparison at REHRSeg's whole budget")
+    lr_model = model_folder(SOURCE, lr_trainer, LR_PLANS)
+    train(SOURCE_ID, lr_model, lr_trainer, LR_PLANS, args.device)
+    train(SOURCE_ID, model_folder(SOURCE, baseline_trainer, LR_PLANS), baseline_trainer, LR_PLANS, args.device)
 
-    step(6, total, "HR segmentation of the held-out thick-slice input")
-    run("rehrseg_predict", "-i", os.path.join(test_folder, "images"), "-o", predictions, "-d", str(TARGET_ID),
-        "-tr", trainer, "-f", "all", "-device", args.device, "-npp", "1", "-nps", "1")
+    step(6, total, f"REHRSeg plans with the thick-slice model's U-Net, then {args.trainer} fine-tuned from it")
+    run("rehrseg_plan", "-d", str(TARGET_ID), "--lr_plans", os.path.join(os.path.dirname(lr_model), "plans.json"),
+        "-np", "1")
+    train(TARGET_ID, model_folder(TARGET, args.trainer, "REHRSegPlans"), args.trainer, "REHRSegPlans", args.device,
+          "-pretrained_weights", os.path.join(lr_model, "checkpoint_final.pth"))
 
-    step(7, total, "scores against the 1 mm tissue labels (never seen by any step)")
-    dataset_json = os.path.join(os.environ["nnUNet_raw"], "Dataset991_MNIThickPseudoHR", "dataset.json")
-    for name, folder in (("REHRSeg (rehrseg_predict)", predictions),
-                         ("thick-slice labels, nearest-upsampled", os.path.join(test_folder, "lr_labels_upsampled"))):
-        print(f"\n--- {name}")
-        run("rehrseg_evaluate", "-ref", reference, "-pred", folder, "-djfile", dataset_json, "--resample-to-reference")
+    step(7, total, "segmentations of the held-out thick-slice input: REHRSeg (1 mm) and the comparison (4 mm -> 1 mm)")
+    run("rehrseg_predict", "-i", test_images, "-o", predictions["rehrseg"], "-d", str(TARGET_ID),
+        "-tr", args.trainer, "-f", "all", "-device", args.device, "-npp", "1", "-nps", "1")
+    run("nnUNetv2_predict", "-i", test_images, "-o", predictions["nnunet_lr"], "-d", str(SOURCE_ID),
+        "-tr", baseline_trainer, "-p", LR_PLANS, "-c", "3d_fullres", "-f", "all", "-device", args.device,
+        "-npp", "1", "-nps", "1", "--disable_tta")  # no mirroring, as REHRSeg (trained without it)
+    upsample_shape_based(predictions["nnunet_lr"], predictions["nnunet_lr_shape_based"])
+    print(f"      shape-based interpolation to 1 mm -> {predictions['nnunet_lr_shape_based']}")
 
+    step(8, total, "scores against the 1 mm tissue labels (never seen by any step)")
+    dataset_json = os.path.join(os.environ["nnUNet_raw"], TARGET, "dataset.json")
+    rows = (("rehrseg", f"REHRSeg ({args.trainer}, fine-tuned)"),
+            ("nnunet_lr_shape_based", f"nnU-Net 4 mm ({baseline_trainer}) + shape-based"),
+            ("lr_labels_upsampled", "thick-slice labels upsampled (reference)"))
     summary = {}
-    for name, folder in (("rehrseg", predictions), ("lr_labels_upsampled", os.path.join(test_folder, "lr_labels_upsampled"))):
-        with open(os.path.join(folder, "summary_rehrseg.json")) as handle:
-            summary[name] = json.load(handle)["mean"]
-    print("\nWhole-brain tissue (grey + white matter), held-out acquisition, 1 mm grid:")
-    print(f"{'':40s} {'Dice':>7s} {'HD95 mm':>8s}")
-    for name, text in (("rehrseg", "REHRSeg HR prediction"), ("lr_labels_upsampled", "thick-slice labels upsampled")):
-        foreground = summary[name]["foreground"]
-        print(f"{text:40s} {foreground['dice']:7.4f} {foreground['hd95']:8.2f}")
-    print(f"\nQC pictures: {os.path.join(os.environ['nnUNet_raw'], 'Dataset991_MNIThickPseudoHR', 'qc')}")
-    print(f"HR segmentation: {predictions}")
+    for key, text in rows:
+        print(f"\n--- {text}")
+        run("rehrseg_evaluate", "-ref", reference, "-pred", predictions[key], "-djfile", dataset_json,
+            "--resample-to-reference")
+        with open(os.path.join(predictions[key], "summary_rehrseg.json")) as handle:
+            summary[key] = json.load(handle)["mean"]
+    classes = [name for name in summary["rehrseg"] if name != "foreground"]
+    print(f"\nHeld-out acquisition, 1 mm grid ({lr_trainer} + {args.trainer} against {baseline_trainer}: the same "
+          f"number of iterations):")
+    print(f"{'':48s} {'tissue Dice':>11s} {'HD95 mm':>8s}" + "".join(f" {name + ' Dice':>18s}" for name in classes))
+    for key, text in rows:
+        scores = summary[key]
+        print(f"{text:48s} {scores['foreground']['dice']:11.4f} {scores['foreground']['hd95']:8.2f}"
+              + "".join(f" {scores[name]['dice']:18.4f}" for name in classes))
+    print(f"\nQC pictures: {os.path.join(os.environ['nnUNet_raw'], TARGET, 'qc')}")
+    print(f"HR segmentation: {predictions['rehrseg']}")
     print(f"total time {time.time() - started:.0f} s")
     if not summary["rehrseg"]["foreground"]["dice"] > 0:
         sys.exit("the REHRSeg prediction is empty")

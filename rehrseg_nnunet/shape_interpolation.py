@@ -13,7 +13,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import SimpleITK as sitk
 from scipy.ndimage import distance_transform_edt
+
+from rehrseg_nnunet.geometry import Grid, numpy_axis
 
 
 def signed_distance(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
@@ -64,3 +67,20 @@ def shape_based_upsample(labels: np.ndarray, axis: int, scale_factor: int, spaci
         best[closer] = hr[closer]
         result[closer] = value
     return result
+
+
+def shape_based_upsample_image(lr_label: sitk.Image, slice_axis: int, scale_factor: int) -> sitk.Image:
+    """:func:`shape_based_upsample` of a label image, written on its HR grid (:meth:`Grid.refine`).
+
+    Args:
+        lr_label: thick-slice label map.
+        slice_axis: the image axis (x = 0, y = 1, z = 2) that holds the thick slices.
+        scale_factor: r.
+
+    Returns:
+        The HR label image: r times the slices, spacing / r along ``slice_axis``, origin and direction of
+        the cell-centred refinement.
+    """
+    array = sitk.GetArrayFromImage(lr_label)
+    hr = shape_based_upsample(array, numpy_axis(slice_axis), scale_factor, tuple(reversed(lr_label.GetSpacing())))
+    return Grid.from_image(lr_label).refine(slice_axis, scale_factor).image_from_array(hr)

@@ -198,3 +198,42 @@ def test_rehrseg_predict_help_shows_rehrseg_defaults_and_no_inert_option():
     for inert in ("--disable_tta", "-prev_stage_predictions"):
         assert inert not in text
     assert "rounded to a multiple of r" in text
+
+
+def test_resized_plans_build_a_working_unet_of_the_asked_size(fine_tuned):
+    """The quick start's CPU plans for the thick-slice nnU-Net: nnU-Net's topology rule for the given patch."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from rehrseg_nnunet.planning import write_resized_plans
+
+    folder = os.path.join(fine_tuned["env"]["nnUNet_preprocessed"], "Dataset502_Phantom")
+    path = write_resized_plans(folder, [4, 32, 32], base_features=8, max_features=24, batch_size=3,
+                               plans_name="nnUNetPlansTiny")
+    assert path == os.path.join(folder, "nnUNetPlansTiny.json")
+    manager = PlansManager(path)
+    assert manager.plans_name == "nnUNetPlansTiny" and manager.available_configurations == ["3d_fullres"]
+    config = manager.get_configuration("3d_fullres")
+    stock = PlansManager(os.path.join(folder, "nnUNetPlans.json")).get_configuration("3d_fullres")
+    assert config.batch_size == 3 and config.data_identifier == stock.data_identifier
+    arch = config.network_arch_init_kwargs
+    assert arch["features_per_stage"][0] == 8 and max(arch["features_per_stage"]) <= 24
+    assert len(arch["strides"]) == arch["n_stages"] == len(arch["features_per_stage"])
+    network = nnUNetTrainer.build_network_architecture(manager, config, 1, 3, False)
+    with torch.no_grad():
+        logits = network(torch.zeros(1, 1, *config.patch_size))
+    assert tuple(logits.shape) == (1, 3, *config.patch_size)
+
+
+def test_resized_plans_without_the_mask_normalisation_get_their_own_data(fine_tuned):
+    from rehrseg_nnunet.planning import resized_plans
+
+    folder = os.path.join(fine_tuned["env"]["nnUNet_preprocessed"], "Dataset502_Phantom")
+    with open(os.path.join(folder, "nnUNetPlans.json")) as handle:
+        plans = json.load(handle)
+    plans["configurations"]["3d_fullres"]["use_mask_for_norm"] = [True]
+    kept = resized_plans(plans, [4, 32, 32], 8, 24, 2, "P", use_mask_for_norm=None)["configurations"]["3d_fullres"]
+    assert kept["use_mask_for_norm"] == [True]
+    assert kept["data_identifier"] == plans["configurations"]["3d_fullres"]["data_identifier"]
+    off = resized_plans(plans, [4, 32, 32], 8, 24, 2, "P", use_mask_for_norm=False)["configurations"]["3d_fullres"]
+    assert off["use_mask_for_norm"] == [False] and off["data_identifier"] == "P_3d_fullres"

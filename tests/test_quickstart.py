@@ -1,12 +1,14 @@
 """The README's main job (examples/quickstart.py) end to end, with a tiny SR and trainer schedule.
 
-Same script, same commands, same embedded data and the same trainer (REHRSegTrainer_cpu) as
-`bash examples/quickstart.sh`; only the SR steps are shortened (5 per stage), so this checks that
-every stage runs and that its outputs are where and what they should be, not quality.
+Same script, same commands and same embedded data as `bash examples/quickstart.sh`; the SR steps (5 per
+stage) and the trainers' schedules are shortened (the `*_cpuSmoke` variants of the same trainers: 2 + 2
+epochs of 4 iterations against 4), so this checks that every stage runs and that its outputs are where and
+what they should be, not quality.
 """
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -26,23 +28,40 @@ def test_quickstart_runs_end_to_end(tmp_path):
     for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
         env.pop(variable, None)
     result = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "quickstart.py"), "--work", str(work),
-                             "--sr-steps", "5", "5", "5"],
+                             "--sr-steps", "5", "5", "5", "-tr", "REHRSegTrainer_cpuSmoke",
+                             "--lr-trainers", "nnUNetTrainer_cpuSmoke", "nnUNetTrainer_cpuSmoke4epochs"],
                             env=env, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
-    for index in range(1, 8):
-        assert f"[{index}/7]" in result.stdout
-    assert "REHRSeg HR prediction" in result.stdout and "thick-slice labels upsampled" in result.stdout
+    for index in range(1, 9):
+        assert f"[{index}/8]" in result.stdout
+    for row in ("REHRSeg (REHRSegTrainer_cpuSmoke, fine-tuned)", "nnU-Net 4 mm (nnUNetTrainer_cpuSmoke4epochs) + shape-based",
+                "thick-slice labels upsampled (reference)"):
+        assert row in result.stdout
 
-    # the HR segmentation of the held-out 4 mm input: 4x the slices at 1 mm, origin 1.5 mm below the LR one
+    # REHRSeg was fine-tuned from the thick-slice nnU-Net, at the fine-tuning rate
+    results = work / "nnUNet_results"
+    log = "".join(p.read_text() for p in (results / "Dataset991_MNIThickPseudoHR" /
+                                          "REHRSegTrainer_cpuSmoke__REHRSegPlans__3d_fullres" / "fold_all").glob("training_log_*.txt"))
+    lr_checkpoint = results / "Dataset990_MNIThick" / "nnUNetTrainer_cpuSmoke__nnUNetPlansCPU__3d_fullres" / \
+        "fold_all" / "checkpoint_final.pth"
+    assert f"fine-tuning from {lr_checkpoint}: initial lr 0.001" in log
+    assert re.search(r"Current learning rate: 0\.001\s*$", log, re.MULTILINE)
+    baseline = results / "Dataset990_MNIThick" / "nnUNetTrainer_cpuSmoke4epochs__nnUNetPlansCPU__3d_fullres" / "fold_all"
+    assert (baseline / "checkpoint_final.pth").is_file()
+
+    # the HR segmentation of the held-out 4 mm input: 4x the slices at 1 mm, origin 1.5 mm below the LR one; the
+    # comparison's shape-based upsampling lands on the same grid
     lr = sitk.ReadImage(str(work / "test" / "images" / "mnitest_0000.nii.gz"))
-    hr = sitk.ReadImage(str(work / "predictions_hr" / "mnitest.nii.gz"))
-    assert hr.GetSize() == (lr.GetSize()[0], lr.GetSize()[1], 4 * lr.GetSize()[2])
-    np.testing.assert_allclose(hr.GetSpacing(), (1.0, 1.0, 1.0), atol=1e-6)
-    np.testing.assert_allclose(hr.GetOrigin(), np.asarray(lr.GetOrigin()) - (0.0, 0.0, 1.5), atol=1e-4)
-    assert set(np.unique(sitk.GetArrayFromImage(hr))) <= {0, 1, 2}
-
-    summary = json.loads((work / "predictions_hr" / "summary_rehrseg.json").read_text())
-    assert summary["grid"]["spacing"] == pytest.approx([1.0, 1.0, 1.0])
-    assert 0.0 <= summary["mean"]["foreground"]["dice"] <= 1.0
+    for folder in ("predictions_hr", "predictions_lr_nnunet_shape_based_1mm"):
+        hr = sitk.ReadImage(str(work / folder / "mnitest.nii.gz"))
+        assert hr.GetSize() == (lr.GetSize()[0], lr.GetSize()[1], 4 * lr.GetSize()[2])
+        np.testing.assert_allclose(hr.GetSpacing(), (1.0, 1.0, 1.0), atol=1e-6)
+        np.testing.assert_allclose(hr.GetOrigin(), np.asarray(lr.GetOrigin()) - (0.0, 0.0, 1.5), atol=1e-4)
+        assert set(np.unique(sitk.GetArrayFromImage(hr))) <= {0, 1, 2}
+        summary = json.loads((work / folder / "summary_rehrseg.json").read_text())
+        assert summary["grid"]["spacing"] == pytest.approx([1.0, 1.0, 1.0])
+        assert 0.0 <= summary["mean"]["foreground"]["dice"] <= 1.0
+    thick = sitk.ReadImage(str(work / "predictions_lr_nnunet" / "mnitest.nii.gz"))
+    assert thick.GetSize() == lr.GetSize() and thick.GetSpacing() == pytest.approx(lr.GetSpacing())
     qc = work / "nnUNet_raw" / "Dataset991_MNIThickPseudoHR" / "qc"
     assert sorted(p.name for p in qc.iterdir()) == ["mni000.png", "mni001.png"]

@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from rehrseg_nnunet.degradation import labels_to_lr
-from rehrseg_nnunet.shape_interpolation import shape_based_upsample, signed_distance
+from rehrseg_nnunet.shape_interpolation import shape_based_upsample, shape_based_upsample_image, signed_distance
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -53,3 +54,20 @@ def test_the_signed_distance_is_in_mm_and_a_single_class_map_is_copied():
     assert distance[0, 0, 4] == -2.0 and distance[0, 0, 6] == 4.0
     constant = np.full((3, 4, 5), 7, np.int16)
     np.testing.assert_array_equal(shape_based_upsample(constant, 2, 3, (1, 1, 3)), np.full((3, 4, 15), 7))
+
+
+def test_the_image_helper_writes_the_hr_grid_of_a_rotated_thick_slice_image():
+    """Thick slices along y (image axis 1), 4 mm, rotated 90 degrees about z: HR origin and spacing by hand."""
+    array = np.zeros((6, 5, 7), np.uint8)  # (z, y, x)
+    array[2:4, 1:4, 2:5] = 2
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.5, 4.0, 1.0))
+    image.SetOrigin((10.0, -20.0, 3.0))
+    image.SetDirection((0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0))  # image y points along -x in the world
+    hr = shape_based_upsample_image(image, slice_axis=1, scale_factor=4)
+    assert hr.GetSize() == (7, 20, 6)
+    np.testing.assert_allclose(hr.GetSpacing(), (0.5, 1.0, 1.0))
+    # first HR slice centre: 1.5 mm before the LR one along image y, i.e. +1.5 mm along world x
+    np.testing.assert_allclose(hr.GetOrigin(), (11.5, -20.0, 3.0), atol=1e-9)
+    np.testing.assert_allclose(hr.GetDirection(), image.GetDirection())
+    assert set(np.unique(sitk.GetArrayFromImage(hr))) == {0, 2}
