@@ -289,47 +289,105 @@ class REHRSegTrainer_noHRHead(REHRSegTrainer):
         return network
 
 
-def _short(base: type, epochs: int, iterations: int, name: str, skip_validation_of_fold_all: bool = False) -> type:
-    """A short-schedule variant (tests, CPU runs): ``epochs`` x ``iterations``, 2 validation iterations.
+class ShortSchedule:
+    """Mixin of the short-schedule variants (tests, CPU runs): ``schedule_epochs`` x ``schedule_iterations``,
+    2 validation iterations, a checkpoint every epoch (so ``--c`` never repeats epochs from checkpoint_best).
 
     With ``skip_validation_of_fold_all`` the final validation (nnUNetv2_train predicts every validation
     case) is skipped for fold ``all``: those cases are the training cases, and on a CPU predicting full
     volumes costs minutes per case.
     """
 
+    schedule_epochs: int = 2
+    schedule_iterations: int = 3
+    skip_validation_of_fold_all: bool = False
+
+    # the same parameter names as nnUNetTrainer.__init__: it records them (my_init_kwargs) from this signature
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
-        base.__init__(self, plans, configuration, fold, dataset_json, device)
-        self.num_epochs = epochs
-        self.num_iterations_per_epoch = iterations
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = self.schedule_epochs
+        self.num_iterations_per_epoch = self.schedule_iterations
         self.num_val_iterations_per_epoch = 2
-        self.save_every = 1  # a checkpoint_latest every epoch, so --c never repeats epochs from checkpoint_best
+        self.save_every = 1
 
     def perform_actual_validation(self, save_probabilities: bool = False) -> None:
-        if skip_validation_of_fold_all and self.fold == "all":
+        if self.skip_validation_of_fold_all and self.fold == "all":
             self.print_to_log_file("final validation skipped: fold 'all' validates on the training cases")
             return
-        base.perform_actual_validation(self, save_probabilities)
-
-    return type(name, (base,), {"__init__": __init__, "perform_actual_validation": perform_actual_validation,
-                                "__module__": __name__,
-                                "__doc__": f"{base.__name__} for {epochs} epochs of {iterations} iterations."})
+        super().perform_actual_validation(save_probabilities)
 
 
-REHRSegTrainer_debug = _short(REHRSegTrainer, 2, 3, "REHRSegTrainer_debug")
-REHRSegTrainer_noUASR_debug = _short(REHRSegTrainer_noUASR, 2, 3, "REHRSegTrainer_noUASR_debug")
-REHRSegTrainer_noDistill_debug = _short(REHRSegTrainer_noDistill, 2, 3, "REHRSegTrainer_noDistill_debug")
-REHRSegTrainer_noHRHead_debug = _short(REHRSegTrainer_noHRHead, 2, 3, "REHRSegTrainer_noHRHead_debug")
-REHRSegTrainer_cpu = _short(REHRSegTrainer, 8, 20, "REHRSegTrainer_cpu", skip_validation_of_fold_all=True)
-REHRSegTrainer_noUASR_cpu = _short(REHRSegTrainer_noUASR, 8, 20, "REHRSegTrainer_noUASR_cpu", skip_validation_of_fold_all=True)
-REHRSegTrainer_noDistill_cpu = _short(REHRSegTrainer_noDistill, 8, 20, "REHRSegTrainer_noDistill_cpu", skip_validation_of_fold_all=True)
-REHRSegTrainer_cpu50epochs = _short(REHRSegTrainer, 50, 20, "REHRSegTrainer_cpu50epochs", skip_validation_of_fold_all=True)
-REHRSegTrainer_noHRHead_cpu = _short(REHRSegTrainer_noHRHead, 8, 20, "REHRSegTrainer_noHRHead_cpu", skip_validation_of_fold_all=True)
+# --- test schedules: 2 epochs of 3 iterations, final validation kept ----------------------------------------
+class REHRSegTrainer_debug(ShortSchedule, REHRSegTrainer):
+    """REHRSegTrainer for 2 epochs of 3 iterations."""
+
+
+class REHRSegTrainer_noUASR_debug(ShortSchedule, REHRSegTrainer_noUASR):
+    """REHRSegTrainer_noUASR for 2 epochs of 3 iterations."""
+
+
+class REHRSegTrainer_noDistill_debug(ShortSchedule, REHRSegTrainer_noDistill):
+    """REHRSegTrainer_noDistill for 2 epochs of 3 iterations."""
+
+
+class REHRSegTrainer_noHRHead_debug(ShortSchedule, REHRSegTrainer_noHRHead):
+    """REHRSegTrainer_noHRHead for 2 epochs of 3 iterations."""
+
+
+# --- CPU schedules: 8 epochs of 20 iterations, no final validation of fold all -----------------------------
+class CPUSchedule(ShortSchedule):
+    schedule_epochs, schedule_iterations, skip_validation_of_fold_all = 8, 20, True
+
+
+class REHRSegTrainer_cpu(CPUSchedule, REHRSegTrainer):
+    """REHRSegTrainer for 8 epochs of 20 iterations."""
+
+
+class REHRSegTrainer_noUASR_cpu(CPUSchedule, REHRSegTrainer_noUASR):
+    """REHRSegTrainer_noUASR for 8 epochs of 20 iterations."""
+
+
+class REHRSegTrainer_noDistill_cpu(CPUSchedule, REHRSegTrainer_noDistill):
+    """REHRSegTrainer_noDistill for 8 epochs of 20 iterations."""
+
+
+class REHRSegTrainer_noHRHead_cpu(CPUSchedule, REHRSegTrainer_noHRHead):
+    """REHRSegTrainer_noHRHead for 8 epochs of 20 iterations."""
+
+
+class REHRSegTrainer_cpu50epochs(CPUSchedule, REHRSegTrainer):
+    """REHRSegTrainer for 50 epochs of 20 iterations."""
+
+    schedule_epochs = 50
+
+
 # stock nnU-Net on the same CPU schedule: the LR model that REHRSegTrainer_cpu fine-tunes from (8 epochs) and
 # the LR baseline at the total budget of both (16 epochs), as the quick start compares them
-nnUNetTrainer_cpu = _short(nnUNetTrainer, 8, 20, "nnUNetTrainer_cpu", skip_validation_of_fold_all=True)
-nnUNetTrainer_cpu16epochs = _short(nnUNetTrainer, 16, 20, "nnUNetTrainer_cpu16epochs", skip_validation_of_fold_all=True)
-# the quick start's pipeline at a smoke-test length (its test): 2 (REHRSeg, LR start) and 4 (LR comparison) epochs of 4
-REHRSegTrainer_cpuSmoke = _short(REHRSegTrainer, 2, 4, "REHRSegTrainer_cpuSmoke", skip_validation_of_fold_all=True)
-nnUNetTrainer_cpuSmoke = _short(nnUNetTrainer, 2, 4, "nnUNetTrainer_cpuSmoke", skip_validation_of_fold_all=True)
-nnUNetTrainer_cpuSmoke4epochs = _short(nnUNetTrainer, 4, 4, "nnUNetTrainer_cpuSmoke4epochs",
-                                       skip_validation_of_fold_all=True)
+class nnUNetTrainer_cpu(CPUSchedule, nnUNetTrainer):
+    """nnUNetTrainer for 8 epochs of 20 iterations."""
+
+
+class nnUNetTrainer_cpu16epochs(CPUSchedule, nnUNetTrainer):
+    """nnUNetTrainer for 16 epochs of 20 iterations."""
+
+    schedule_epochs = 16
+
+
+# --- the quick start's pipeline at a smoke-test length (its test): 2 (REHRSeg, LR start) and 4 (LR comparison)
+# epochs of 4 iterations ------------------------------------------------------------------------------------
+class SmokeSchedule(ShortSchedule):
+    schedule_epochs, schedule_iterations, skip_validation_of_fold_all = 2, 4, True
+
+
+class REHRSegTrainer_cpuSmoke(SmokeSchedule, REHRSegTrainer):
+    """REHRSegTrainer for 2 epochs of 4 iterations."""
+
+
+class nnUNetTrainer_cpuSmoke(SmokeSchedule, nnUNetTrainer):
+    """nnUNetTrainer for 2 epochs of 4 iterations."""
+
+
+class nnUNetTrainer_cpuSmoke4epochs(SmokeSchedule, nnUNetTrainer):
+    """nnUNetTrainer for 4 epochs of 4 iterations."""
+
+    schedule_epochs = 4
