@@ -117,6 +117,9 @@ def test_continue_keeps_the_fine_tuning_rate(fine_tuned):
     uninterrupted = logged_learning_rates(fine_tuned["log"])
     state = torch.load(fold / "checkpoint_final.pth", weights_only=False)
     state["current_epoch"] = 1
+    assert all(group["fused"] for group in state["optimizer_state"]["param_groups"])  # the fused SGD update
+    for group in state["optimizer_state"]["param_groups"]:  # as a checkpoint of a trainer without it holds them
+        group["fused"], group["foreach"] = None, None
     torch.save(state, fold / "checkpoint_latest.pth")
     os.rename(fold / "checkpoint_final.pth", fold / "checkpoint_final_uninterrupted.pth")
     for log in fold.glob("training_log_*.txt"):
@@ -126,6 +129,8 @@ def test_continue_keeps_the_fine_tuning_rate(fine_tuned):
     assert_ok(result)
     continued = logged_learning_rates(training_log(fine_tuned["model"]))
     assert continued == uninterrupted[1:] and continued[0] < 0.001  # epoch 1 of a 1e-3 poly schedule, not 1e-2's
+    groups = torch.load(fold / "checkpoint_final.pth", weights_only=False)["optimizer_state"]["param_groups"]
+    assert all(group["fused"] and not group["foreach"] for group in groups)  # set again after loading
     os.replace(fold / "checkpoint_final_uninterrupted.pth", fold / "checkpoint_final.pth")
 
 
