@@ -117,8 +117,11 @@ def test_train_sr_ctrl_c_says_how_to_resume_and_continue_finishes(raw, tmp_path)
 
     model = tmp_path / "model"
     args = ["-d", "521", "-o", str(model), "--steps", "6", "200", "6", "--save-every", "2", "-device", "cpu"]
+    # a shell that starts CI in the background (no job control) hands its children SIGINT *ignored*, and Python
+    # keeps it ignored: give the command the default disposition a terminal's Ctrl-C meets
     process = subprocess.Popen([console_script("rehrseg_train_sr"), *args], env={**os.environ, "nnUNet_raw": str(raw)},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     latest = model / "stage_1b" / "checkpoint_latest.pth"
     deadline = time.time() + 300
     while not latest.exists() and time.time() < deadline and process.poll() is None:
