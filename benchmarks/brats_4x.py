@@ -48,10 +48,10 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from rehrseg_nnunet.dataset_io import write_json_atomically
 from rehrseg_nnunet.degradation import labels_to_lr, simulate_thick_slices
+from rehrseg_nnunet.file_writing import write_json_atomically
 from rehrseg_nnunet.geometry import Grid
-from rehrseg_nnunet.planning import write_resized_plans
+from rehrseg_nnunet.resized_plans import write_resized_plans
 from rehrseg_nnunet.shape_interpolation import shape_based_upsample_image
 from rehrseg_nnunet.training import EXT_TRAINER_FOLDER
 
@@ -130,7 +130,8 @@ def make_datasets(data: str, raw: str, references: str, train_cases: list[str], 
     for key, folder in folders.items():
         write_json_atomically(os.path.join(folder, "dataset.json"), {
             "channel_names": {"0": "T1c"}, "labels": LABELS, "numTraining": len(train_cases), "file_ending": ".nii.gz",
-            "name": DATASETS[key][1], "description": "BRATS T1c, 4 mm slices simulated along z (benchmarks/brats_4x.py)"})
+            "name": DATASETS[key][1],
+            "description": "BRATS T1c, 4 mm slices simulated along z (benchmarks/brats_4x.py)"})
 
 
 # --- plans ------------------------------------------------------------------------------------------------
@@ -175,6 +176,7 @@ def train(method: Method, args) -> float | None:
     """Train in this process for ``method.epochs`` x ``--iterations``; resumes from checkpoint_latest.pth.
     Returns the seconds this call trained (None when the model was already complete)."""
     import torch
+
     from rehrseg_nnunet.training.fine_tuning import load_lr_weights
     folder = model_folder(method)
     if os.path.isfile(os.path.join(folder, "fold_all", "checkpoint_final.pth")):
@@ -307,7 +309,8 @@ def methods_of_split(raw: str, pseudohr: str, args) -> list[Method]:
     pseudohr_inputs = os.path.join(raw, pseudohr, "imagesTs")
     # cheapest first, so that a run cut short has REHRSeg and the LR baseline scored before the HR-grid baselines
     return [init,
-            Method("nnunet_lr", dataset_name("lr"), "nnUNetTrainer", BENCH_PLANS, total, "nnUNetv2_predict", inputs["lr"])] + [
+            Method("nnunet_lr", dataset_name("lr"), "nnUNetTrainer", BENCH_PLANS, total, "nnUNetv2_predict",
+                   inputs["lr"])] + [
         Method(name, pseudohr, trainer, "REHRSegPlans", tune, "rehrseg_predict", inputs["lr"], checkpoint)
         for name, trainer in (("rehrseg", "REHRSegTrainer"), ("rehrseg_noUASR", "REHRSegTrainer_noUASR"),
                               ("rehrseg_noDistill", "REHRSegTrainer_noDistill"),
@@ -319,7 +322,8 @@ def methods_of_split(raw: str, pseudohr: str, args) -> list[Method]:
 
 
 SCORED = {  # result key -> the method whose predictions it scores
-    "nnunet_lr_upsampled_nearest": "nnunet_lr", "nnunet_lr_upsampled_sdf": "nnunet_lr", "interp_nnunet": "interp_nnunet",
+    "nnunet_lr_upsampled_nearest": "nnunet_lr", "nnunet_lr_upsampled_sdf": "nnunet_lr",
+    "interp_nnunet": "interp_nnunet",
     "sr_nnunet": "sr_nnunet", "rehrseg": "rehrseg", "rehrseg_noUASR": "rehrseg_noUASR",
     "rehrseg_noDistill": "rehrseg_noDistill", "rehrseg_noHRHead": "rehrseg_noHRHead", "oracle_hr": "oracle_hr"}
 
@@ -327,7 +331,8 @@ SCORED = {  # result key -> the method whose predictions it scores
 def run_split(name: str, train_cases: list[str], test_cases: list[str], data: str, args) -> dict:
     """Everything for one split; returns per result key: per-case scores, seconds and provenance."""
     work = os.path.join(os.path.abspath(args.work), name)
-    env = {"nnUNet_raw": os.path.join(work, "nnUNet_raw"), "nnUNet_preprocessed": os.path.join(work, "nnUNet_preprocessed"),
+    env = {"nnUNet_raw": os.path.join(work, "nnUNet_raw"),
+           "nnUNet_preprocessed": os.path.join(work, "nnUNet_preprocessed"),
            "nnUNet_results": os.path.join(work, "nnUNet_results"), "nnUNet_def_n_proc": "1", "nnUNet_compile": "0"}
     os.environ.update(env)
     references = os.path.join(work, "references")
@@ -345,7 +350,8 @@ def run_split(name: str, train_cases: list[str], test_cases: list[str], data: st
          "-device", args.device])
     pseudohr = next(d for d in os.listdir(env["nnUNet_raw"]) if d.startswith(f"Dataset{PSEUDOHR_ID}_"))
     stock = [dataset_name(k) for k in DATASETS] + [pseudohr]
-    missing = [d for d in stock if not os.path.isdir(os.path.join(env["nnUNet_preprocessed"], d, "nnUNetPlans_3d_fullres"))]
+    missing = [d for d in stock
+               if not os.path.isdir(os.path.join(env["nnUNet_preprocessed"], d, "nnUNetPlans_3d_fullres"))]
     if missing:
         run([script("nnUNetv2_plan_and_preprocess"), "-d", *[d.split("_")[0][7:] for d in missing], "-c", "3d_fullres",
              "-np", "1", "-npfp", "1", "--verify_dataset_integrity"])
@@ -448,11 +454,13 @@ def main() -> None:
                         help="train and predict nothing: score the methods whose predictions are complete")
     args = parser.parse_args()
     if not os.path.isdir(args.data):
-        sys.exit(f"{args.data} does not exist; pass --data with the BRATS case folders (../shared/data/brats2013_subset).")
+        sys.exit(f"{args.data} does not exist; "
+                 f"pass --data with the BRATS case folders (../shared/data/brats2013_subset).")
     data = os.path.abspath(args.data)
     missing = [c for c in args.train_cases + args.test_cases if not os.path.isdir(os.path.join(data, c))]
     if missing:
-        sys.exit(f"no case folder {', '.join(missing)} under {data}; pass existing cases to --train-cases/--test-cases.")
+        sys.exit(f"no case folder {', '.join(missing)} under {data}; "
+                 f"pass existing cases to --train-cases/--test-cases.")
     started = time.perf_counter()
     pooled: dict[str, dict] = {}
     for name, train_cases, test_cases in splits(args):

@@ -33,7 +33,7 @@ import time
 import numpy as np
 import SimpleITK as sitk
 
-from rehrseg_nnunet.dataset_io import write_json_atomically
+from rehrseg_nnunet.file_writing import write_json_atomically
 from rehrseg_nnunet.training import EXT_TRAINER_FOLDER
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -90,7 +90,8 @@ def main() -> None:
     parser.add_argument("--output", default=os.path.join(HERE, "results", "cpu_recipe.json"))
     args = parser.parse_args()
     if not os.path.isdir(args.data):
-        sys.exit(f"{args.data} does not exist; pass --data with the thick_slice_real folder (../shared/data/thick_slice_real).")
+        sys.exit(f"{args.data} does not exist; "
+                 f"pass --data with the thick_slice_real folder (../shared/data/thick_slice_real).")
     work = os.path.abspath(args.work)
     env = {name: os.path.join(work, name) for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
     env.update(nnUNet_def_n_proc="1", nnUNet_compile="0", nnUNet_extTrainer=EXT_TRAINER_FOLDER)
@@ -103,7 +104,8 @@ def main() -> None:
         resume = ["--continue"] if os.path.isfile(os.path.join(model, "config.json")) else []
         timed(times, "train_sr", ["rehrseg_train_sr", "-d", str(SOURCE_ID), "-device", "cpu", "--steps", *SR_STEPS,
                                   *resume])
-    timed(times, "make_pseudohr", ["rehrseg_make_pseudohr", "-d", str(SOURCE_ID), "-o", str(TARGET_ID), "-device", "cpu"])
+    timed(times, "make_pseudohr", ["rehrseg_make_pseudohr", "-d", str(SOURCE_ID), "-o", str(TARGET_ID),
+                                   "-device", "cpu"])
     timed(times, "plan_and_preprocess", ["nnUNetv2_plan_and_preprocess", "-d", str(TARGET_ID), "-c", "3d_fullres",
                                          "-np", "1", "-npfp", "1"])
     timed(times, "rehrseg_plan", ["rehrseg_plan", "-d", str(TARGET_ID), "--patch_size", "32", "64", "64",

@@ -53,7 +53,8 @@ def main() -> None:
     parser.add_argument("--output", default=os.path.join(HERE, "results", "pseudohr.json"))
     args = parser.parse_args()
     if not os.path.isdir(args.data):
-        sys.exit(f"{args.data} does not exist; pass --data with the BRATS subset folder (../shared/data/brats2013_subset).")
+        sys.exit(f"{args.data} does not exist; "
+                 f"pass --data with the BRATS subset folder (../shared/data/brats2013_subset).")
     raw_root = os.path.join(args.work, "nnUNet_raw")
     os.environ["nnUNet_raw"] = raw_root
     os.environ["nnUNet_preprocessed"] = os.path.join(args.work, "nnUNet_preprocessed")
@@ -88,10 +89,13 @@ def main() -> None:
         consistency[case] = {int(v): dice(lr == v, back == v) for v in np.unique(lr) if v}
         print(case, f"SR only {sr_seconds[-1]:.1f} s", "LR consistency", consistency[case], flush=True)
 
-    check = subprocess.run([os.path.join(os.path.dirname(sys.executable), "nnUNetv2_plan_and_preprocess"), "-d", str(TARGET_ID), "--verify_dataset_integrity",
+    check = subprocess.run([os.path.join(os.path.dirname(sys.executable), "nnUNetv2_plan_and_preprocess"),
+                            "-d", str(TARGET_ID), "--verify_dataset_integrity",
                             "--no_pp", "-np", "1", "-npfp", "1"], capture_output=True, text=True)
-    hr_volume_gb = float(np.prod(sitk.ReadImage(os.path.join(summary["folder"], "labelsTr", f"{cases[0]}.nii.gz")).GetSize())) * 4 / 1024 ** 3
-    model_gb = sum(os.path.getsize(os.path.join(model, s, "checkpoint_final.pth")) for s in ("stage_1a", "stage_1c")) / 1024 ** 3
+    first_label = sitk.ReadImage(os.path.join(summary["folder"], "labelsTr", f"{cases[0]}.nii.gz"))
+    hr_volume_gb = float(np.prod(first_label.GetSize())) * 4 / 1024 ** 3
+    model_gb = sum(os.path.getsize(os.path.join(model, s, "checkpoint_final.pth"))
+                   for s in ("stage_1a", "stage_1c")) / 1024 ** 3
     results = {
         "cases": len(cases),
         "lr_consistency_dice_min": float(min(min(d.values()) for d in consistency.values())),
@@ -110,7 +114,8 @@ def main() -> None:
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w") as handle:
         json.dump(results, handle, indent=2)
-    print(json.dumps({k: v for k, v in results.items() if k not in ("lr_consistency_dice", "verify_output_tail")}, indent=2))
+    print(json.dumps({k: v for k, v in results.items() if k not in ("lr_consistency_dice", "verify_output_tail")},
+                     indent=2))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ from rehrseg_nnunet.dataset_io import load_raw_dataset
 from rehrseg_nnunet.sr.config import SRConfig
 from rehrseg_nnunet.sr.networks import SliceInterpolationNet
 from rehrseg_nnunet.sr.pairs import DegradedVolume, FramePairSampler
-from rehrseg_nnunet.sr.train import attach_stage_1a_priors, load_training_cases, pseudohr_training_volumes, sr_loss
+from rehrseg_nnunet.sr.stage_1a_outputs import attach_stage_1a_priors, pseudohr_training_volumes
+from rehrseg_nnunet.sr.stage_trainer import sr_loss
+from rehrseg_nnunet.sr.train import load_training_cases
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VARIANTS = {"stage1a_prior": {}, "stage1a_prior_image_x10": {"image_weight": 10.0}, "cubic_prior": {"cubic": True}}

@@ -30,8 +30,8 @@ import SimpleITK as sitk
 from scipy.stats import spearmanr
 
 from rehrseg_nnunet.degradation import simulate_thick_slices
-from rehrseg_nnunet.evaluation import auroc, label_dice, linear_label_interpolation, psnr, resample_like, ssim
 from rehrseg_nnunet.geometry import Grid
+from rehrseg_nnunet.image_quality import auroc, label_dice, linear_label_interpolation, psnr, resample_like, ssim
 from rehrseg_nnunet.sr.infer import SuperResolver
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -89,7 +89,8 @@ def evaluate(data: str, raw_folder: str, cases: list[str], model: str, device: s
     for case in cases:
         truth_image = sitk.ReadImage(os.path.join(data, case, "t1c.nii.gz"), sitk.sitkFloat32)
         truth = sitk.GetArrayFromImage(truth_image)
-        truth_labels = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(data, case, "labels.nii.gz"))).astype(np.uint8)
+        truth_labels = sitk.GetArrayFromImage(
+            sitk.ReadImage(os.path.join(data, case, "labels.nii.gz"))).astype(np.uint8)
         mask = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(data, case, "brainmask.nii.gz"))) > 0
         n = truth.shape[0]
         lr_image = sitk.ReadImage(os.path.join(raw_folder, "imagesTr", f"{case}_0000.nii.gz"))
@@ -100,8 +101,11 @@ def evaluate(data: str, raw_folder: str, cases: list[str], model: str, device: s
         cubic = resample_like(lr_image, hr_reference, sitk.sitkBSpline)[:n]
         scores = {"case": case, "lr_shape": list(reversed(lr_image.GetSize())),
                   "psnr_cubic_db": psnr(truth, cubic, mask), "ssim_cubic": ssim(truth, cubic, mask),
-                  "label_dice_nearest": label_dice(truth_labels, resample_like(lr_label, hr_reference, sitk.sitkNearestNeighbor)[:n], LABELS),
-                  "label_dice_linear": label_dice(truth_labels, linear_label_interpolation(lr_label, hr_reference, list(LABELS.values()))[:n], LABELS)}
+                  "label_dice_nearest": label_dice(
+                      truth_labels, resample_like(lr_label, hr_reference, sitk.sitkNearestNeighbor)[:n], LABELS),
+                  "label_dice_linear": label_dice(
+                      truth_labels, linear_label_interpolation(lr_label, hr_reference, list(LABELS.values()))[:n],
+                      LABELS)}
         for stage, resolver in resolvers.items():
             started = time.perf_counter()
             result = resolver([lr_image], lr_label)
@@ -148,7 +152,8 @@ def main() -> None:
     parser.add_argument("--skip-training", action="store_true", help="reuse the model in --work")
     args = parser.parse_args()
     if not os.path.isdir(args.data):
-        sys.exit(f"{args.data} does not exist; pass --data with the BRATS subset folder (../shared/data/brats2013_subset).")
+        sys.exit(f"{args.data} does not exist; "
+                 f"pass --data with the BRATS subset folder (../shared/data/brats2013_subset).")
     raw_root = os.path.join(args.work, "nnUNet_raw")
     name, cases = make_lr_dataset(args.data, raw_root)
     model = os.path.join(args.work, "sr_model")

@@ -33,7 +33,8 @@ def script(name: str) -> str:
 def started_trainer(trainer_class, plans, dataset_json, device):
     """A trainer inside its first epoch, after 2 warm-up steps."""
     import torch
-    trainer = trainer_class({**plans, "continue_training": False}, "3d_fullres", "all", dataset_json, torch.device(device))
+    trainer = trainer_class({**plans, "continue_training": False}, "3d_fullres", "all", dataset_json,
+                            torch.device(device))
     trainer.num_epochs = 1
     trainer.on_train_start()
     trainer.on_epoch_start()
@@ -85,6 +86,8 @@ def time_prediction(trainer_class, predictor_class, plans, dataset_json, device,
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from rehrseg_nnunet.predict import model_contract
     plans_manager = PlansManager(plans)
     configuration = plans_manager.get_configuration("3d_fullres")
     network = trainer_class.build_network_architecture(plans_manager, configuration, len(dataset_json["channel_names"]),
@@ -94,7 +97,7 @@ def time_prediction(trainer_class, predictor_class, plans, dataset_json, device,
     predictor.manual_initialization(network, plans_manager, configuration, [network.state_dict()], dataset_json,
                                     trainer_class.__name__, None)
     if predictor_class is not nnUNetPredictor:  # manual_initialization skips REHRSegPredictor's own setup
-        predictor.scale_factor = int(configuration.configuration["rehrseg"]["scale_factor"])
+        predictor.scale_factor = model_contract(plans_manager, configuration).scale_factor
     files = sorted(f for f in os.listdir(inputs) if f.endswith(".nii.gz"))
     started = time.perf_counter()
     predictor.predict_from_files(inputs, output, save_probabilities=False, overwrite=True,
@@ -128,11 +131,14 @@ def main() -> None:
         "--base_features", str(args.base_features), "--max_features", str(8 * args.base_features), "-np", "1")
     os.environ["nnUNet_n_proc_DA"] = "0"
 
+    from nnunetv2.inference import predict_from_raw_data
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from rehrseg_nnunet.contract import CONTRACT_KEY
     from rehrseg_nnunet.predict import REHRSegPredictor, export_hr_prediction
-    from nnunetv2.inference import predict_from_raw_data
-    from rehrseg_nnunet.training.trainer import REHRSegTrainer, REHRSegTrainer_noHRHead
+    from rehrseg_nnunet.training.trainer import REHRSegTrainer
+    from rehrseg_nnunet.training.variants import REHRSegTrainer_noHRHead
 
     folder = os.path.join(env["nnUNet_preprocessed"], "Dataset702_SpeedPseudoHR")
     with open(os.path.join(folder, "REHRSegPlans.json")) as handle:
@@ -156,10 +162,13 @@ def main() -> None:
     stock_config["batch_size"] = rehrseg_config["batch_size"]
 
     results = {"patch_size": rehrseg_config["patch_size"], "stock_patch_size": stock_config["patch_size"],
-               "lr_patch_size": rehrseg_config["rehrseg"]["lr_patch_size"], "batch_size": rehrseg_config["batch_size"],
+               "lr_patch_size": rehrseg_config[CONTRACT_KEY]["lr_patch_size"],
+               "batch_size": rehrseg_config["batch_size"],
                "device": args.device, "iterations": args.iterations}
-    results["iteration_seconds_nnunet"] = time_training(nnUNetTrainer, stock_plans, dataset_json, args.device, args.iterations)
-    results["iteration_seconds_rehrseg"] = time_training(REHRSegTrainer, rehrseg_plans, dataset_json, args.device, args.iterations)
+    results["iteration_seconds_nnunet"] = time_training(nnUNetTrainer, stock_plans, dataset_json, args.device,
+                                                        args.iterations)
+    results["iteration_seconds_rehrseg"] = time_training(REHRSegTrainer, rehrseg_plans, dataset_json, args.device,
+                                                         args.iterations)
     results["iteration_ratio"] = results["iteration_seconds_rehrseg"] / results["iteration_seconds_nnunet"]
     # the HR head's cost, forward and backward: the same step without it (LR logits upsampled instead)
     results["iteration_seconds_rehrseg_no_hr_head"] = time_training(REHRSegTrainer_noHRHead, rehrseg_plans,

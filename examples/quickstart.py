@@ -42,7 +42,7 @@ import SimpleITK as sitk
 from rehrseg_nnunet.degradation import simulate_thick_slices
 from rehrseg_nnunet.example_data import example_cases, write_example_dataset
 from rehrseg_nnunet.geometry import Grid
-from rehrseg_nnunet.planning import write_resized_plans
+from rehrseg_nnunet.resized_plans import write_resized_plans
 from rehrseg_nnunet.shape_interpolation import shape_based_upsample_image
 from rehrseg_nnunet.training import EXT_TRAINER_FOLDER
 
@@ -63,7 +63,8 @@ def run(*command: str, env: dict[str, str] | None = None) -> None:
     """Run one console command of the pipeline (echoed as a user would type it), with extra ``env`` variables."""
     print("      $ " + " ".join(f"{k}={v}" for k, v in (env or {}).items()) + (" " if env else "") + " ".join(command),
           flush=True)
-    subprocess.run([shutil.which(command[0]) or command[0], *command[1:]], check=True, env={**os.environ, **(env or {})})
+    subprocess.run([shutil.which(command[0]) or command[0], *command[1:]], check=True,
+                   env={**os.environ, **(env or {})})
 
 
 def write_test_acquisition(folder: str, reference_folder: str) -> None:
@@ -107,12 +108,15 @@ def upsample_shape_based(lr_folder: str, hr_folder: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", default="demo_output", help="folder for nnUNet_raw/_preprocessed/_results and outputs")
+    parser.add_argument("--work", default="demo_output",
+                        help="folder for nnUNet_raw/_preprocessed/_results and outputs")
     parser.add_argument("-device", default="cpu", choices=["cpu", "cuda", "mps"])
     parser.add_argument("--sr-steps", type=int, nargs=3, default=[600, 150, 600], help="SR training steps of 1a 1b 1c")
     parser.add_argument("-tr", dest="trainer", default=TRAINER, help=f"REHRSeg trainer (default {TRAINER})")
-    parser.add_argument("--lr-trainers", nargs=2, default=[LR_TRAINER, BASELINE_TRAINER], metavar=("START", "COMPARISON"),
-                        help="thick-slice nnU-Net trainers: the one REHRSeg starts from, and the comparison at REHRSeg's "
+    parser.add_argument("--lr-trainers", nargs=2, default=[LR_TRAINER, BASELINE_TRAINER],
+                        metavar=("START", "COMPARISON"),
+                        help="thick-slice nnU-Net trainers: the one REHRSeg starts from, "
+                             "and the comparison at REHRSeg's "
                              f"whole budget (default {LR_TRAINER} {BASELINE_TRAINER})")
     args = parser.parse_args()
     lr_trainer, baseline_trainer = args.lr_trainers
@@ -139,7 +143,8 @@ def main() -> None:
     model = os.path.join(os.environ["nnUNet_results"], SOURCE, "rehrseg_sr")
     resume = ["--continue"] if os.path.isfile(os.path.join(model, "config.json")) else []
     if not os.path.isfile(os.path.join(model, "stage_1c", "checkpoint_final.pth")):
-        run("rehrseg_train_sr", "-d", str(SOURCE_ID), "-device", args.device, "--steps", *map(str, args.sr_steps), *resume)
+        run("rehrseg_train_sr", "-d", str(SOURCE_ID), "-device", args.device, "--steps", *map(str, args.sr_steps),
+            *resume)
 
     step(3, total, "pseudo-HR dataset: images, labels, uncertainty maps, QC pictures")
     run("rehrseg_make_pseudohr", "-d", str(SOURCE_ID), "-o", str(TARGET_ID), "-device", args.device)

@@ -23,8 +23,8 @@ import time
 import numpy as np
 import SimpleITK as sitk
 
-from rehrseg_nnunet.evaluation import label_dice, linear_label_interpolation, psnr, resample_like, ssim
 from rehrseg_nnunet.example_data import LABELS, write_example_dataset
+from rehrseg_nnunet.image_quality import label_dice, linear_label_interpolation, psnr, resample_like, ssim
 from rehrseg_nnunet.qc import Panel, save_qc_png
 from rehrseg_nnunet.sr.infer import SuperResolver
 

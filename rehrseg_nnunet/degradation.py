@@ -12,8 +12,8 @@ import math
 from typing import Literal
 
 import numpy as np
-import torch
 import SimpleITK as sitk
+import torch
 
 from rehrseg_nnunet.geometry import Grid, numpy_axis
 

@@ -1,4 +1,4 @@
-"""Scores of SR and segmentation outputs against a reference: image quality, label overlap, HD95."""
+"""Segmentation scores against a reference (``rehrseg_evaluate``): Dice and HD95 per label, on the reference grid."""
 
 from __future__ import annotations
 
@@ -8,72 +8,16 @@ from collections.abc import Sequence
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
-from scipy.stats import rankdata
-from skimage.metrics import structural_similarity
 
-from rehrseg_nnunet.dataset_io import read_image
+from rehrseg_nnunet.dataset_io import read_grid, read_image
 from rehrseg_nnunet.errors import RehrsegInputError
-
-
-def psnr(truth: np.ndarray, estimate: np.ndarray, mask: np.ndarray) -> float:
-    """PSNR (dB) inside ``mask``; the peak is the truth's intensity range inside the mask."""
-    data_range = float(truth[mask].max() - truth[mask].min())
-    mse = float(np.mean((truth[mask].astype(np.float64) - estimate[mask]) ** 2))
-    return float(10 * np.log10(data_range ** 2 / mse))
-
-
-def ssim(truth: np.ndarray, estimate: np.ndarray, mask: np.ndarray) -> float:
-    """Mean SSIM (scikit-image, 3D, 7-voxel window) over the voxels inside ``mask``."""
-    data_range = float(truth[mask].max() - truth[mask].min())
-    _, full = structural_similarity(truth.astype(np.float32), estimate.astype(np.float32), data_range=data_range,
-                                    full=True)
-    return float(full[mask].mean())
-
-
-def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve of ``scores`` for the boolean ``positive`` (Mann-Whitney U, ties count half).
-
-    Returns NaN when one of the two classes is empty.
-    """
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    positive = np.asarray(positive, dtype=bool).ravel()
-    n_positive = int(positive.sum())
-    n_negative = positive.size - n_positive
-    if n_positive == 0 or n_negative == 0:
-        return float("nan")
-    ranks = rankdata(scores)
-    return float((ranks[positive].sum() - n_positive * (n_positive + 1) / 2) / (n_positive * n_negative))
+from rehrseg_nnunet.geometry import Grid
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     """Dice of two boolean masks; 1.0 when both are empty."""
     total = int(a.sum()) + int(b.sum())
     return float(2 * np.logical_and(a, b).sum() / total) if total else 1.0
-
-
-def label_dice(truth: np.ndarray, estimate: np.ndarray, labels: dict[str, int]) -> dict[str, float]:
-    """Dice of the whole foreground (label > 0) and of each label present in the truth."""
-    scores = {"foreground": dice(truth > 0, estimate > 0)}
-    for name, value in labels.items():
-        if value and (truth == value).any():
-            scores[name] = dice(truth == value, estimate == value)
-    return scores
-
-
-def resample_like(image: sitk.Image, reference: sitk.Image, interpolator: int = sitk.sitkBSpline) -> np.ndarray:
-    """``image`` resampled onto ``reference``'s grid (identity transform), as a (z, y, x) array."""
-    return sitk.GetArrayFromImage(sitk.Resample(image, reference, sitk.Transform(), interpolator, 0.0))
-
-
-def linear_label_interpolation(label: sitk.Image, reference: sitk.Image, values: Sequence[int]) -> np.ndarray:
-    """Label map resampled by linear interpolation of its one-hot channels, then argmax."""
-    array = sitk.GetArrayFromImage(label)
-    probabilities = []
-    for value in values:
-        channel = sitk.GetImageFromArray((array == value).astype(np.float32))
-        channel.CopyInformation(label)
-        probabilities.append(resample_like(channel, reference, sitk.sitkLinear))
-    return np.asarray(values)[np.argmax(probabilities, axis=0)]
 
 
 # --- segmentation scores (rehrseg_evaluate) ------------------------------------------------------------
@@ -144,27 +88,8 @@ def segmentation_scores(reference: np.ndarray, prediction: np.ndarray, spacing: 
     return scores
 
 
-def _grid(reader_or_image) -> tuple:
-    return (reader_or_image.GetSize(), reader_or_image.GetSpacing(), reader_or_image.GetOrigin(),
-            reader_or_image.GetDirection())
-
-
-def _same_grid(a: tuple, b: tuple) -> bool:
-    """Same size, spacing (1e-4 relative), origin (1e-3 mm) and direction (1e-5) of two ``_grid`` tuples."""
-    return (tuple(a[0]) == tuple(b[0]) and np.allclose(a[1], b[1], rtol=1e-4, atol=0)
-            and np.allclose(a[2], b[2], rtol=0, atol=1e-3) and np.allclose(a[3], b[3], rtol=0, atol=1e-5))
-
-
-def _header(path: str) -> tuple:
-    """Grid of an image file from its header only (no voxel data read)."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as error:
-        raise RehrsegInputError(f"{path} cannot be read as an image ({str(error).strip().splitlines()[-1]}); "
-                                f"replace or remove it.") from None
-    return _grid(reader)
+#: how close a prediction's grid must be to its reference's: spacing 1e-4 relative, origin 1e-3 mm, direction 1e-5
+GRID_TOLERANCE = {"spacing_rtol": 1e-4, "origin_atol": 1e-3, "direction_atol": 1e-5}
 
 
 def _label_array(image: sitk.Image) -> np.ndarray:
@@ -215,33 +140,12 @@ def evaluate_folders(reference_folder: str, prediction_folder: str, labels: dict
     """
     from tqdm import tqdm
 
-    for folder, flag in ((reference_folder, "-ref"), (prediction_folder, "-pred")):
-        if not os.path.isdir(folder):
-            raise RehrsegInputError(f"{folder} does not exist; pass an existing folder with {flag}.")
-    file_ending = file_ending or _detect_ending(reference_folder)
-    cases = sorted(f[: -len(file_ending)] for f in os.listdir(reference_folder) if f.endswith(file_ending))
-    if not cases:
-        raise RehrsegInputError(f"{reference_folder} holds no '*{file_ending}' files; check -ref and the file ending.")
-    paths = {c: (os.path.join(reference_folder, c + file_ending), os.path.join(prediction_folder, c + file_ending))
-             for c in cases}
-    missing = [os.path.basename(p) for _, p in paths.values() if not os.path.isfile(p)]
-    if missing:
-        raise RehrsegInputError(f"{prediction_folder} lacks the prediction(s) {', '.join(missing[:5])}"
-                                f"{f' and {len(missing) - 5} more' if len(missing) > 5 else ''} of {len(cases)} "
-                                f"reference case(s); predict every reference case (or remove those references) and "
-                                f"run again.")
+    file_ending, cases, paths = paired_files(reference_folder, prediction_folder, file_ending)
     # all grids from the headers first, so that a wrong grid fails at once (one line, before any progress bar)
-    grids = {c: (_header(r), _header(p)) for c, (r, p) in paths.items()}
-    other = [c for c, (r, p) in grids.items() if not _same_grid(r, p)]
+    grids = {c: (read_grid(r), read_grid(p)) for c, (r, p) in paths.items()}
+    other = [c for c, (r, p) in grids.items() if not p.matches(r, **GRID_TOLERANCE)]
     if other and not resample_to_reference:
-        reference_grid, prediction_grid = grids[other[0]]
-        more = f" (and {len(other) - 1} more: {', '.join(other[1:4])}{' …' if len(other) > 4 else ''})" \
-            if len(other) > 1 else ""
-        raise RehrsegInputError(
-            f"{paths[other[0]][1]}{more} is on another grid than its reference (size {tuple(prediction_grid[0])} vs "
-            f"{tuple(reference_grid[0])}, spacing {_rounded(prediction_grid[1])} vs {_rounded(reference_grid[1])}, "
-            f"origin {_rounded(prediction_grid[2])} vs {_rounded(reference_grid[2])}); pass --resample-to-reference "
-            f"to resample predictions onto the reference grid (nearest neighbour).")
+        raise_other_grid(paths, grids, other)
     if labels is None:
         values: set[int] = set()
         for case in tqdm(cases, desc="rehrseg_evaluate: label values", unit="case"):
@@ -261,6 +165,52 @@ def evaluate_folders(reference_folder: str, prediction_folder: str, labels: dict
         per_case.append({"case": case, "reference": reference_path, "prediction": prediction_path,
                          "resampled": case in other,
                          "labels_in_reference": [n for n in names if labels[n] in in_reference], **scores})
+    first = grids[cases[0]][0]
+    return {"per_case": per_case, **mean_and_std(per_case, names), "labels": dict(labels),
+            "grid": {"size": [int(s) for s in first.size], "spacing": [float(s) for s in first.spacing]}}
+
+
+def paired_files(reference_folder: str, prediction_folder: str, file_ending: str | None
+                 ) -> tuple[str, list[str], dict[str, tuple[str, str]]]:
+    """The reference cases and their predictions' paths; one line when a folder or a prediction is missing.
+
+    Returns:
+        (file ending, sorted case names, case -> (reference path, prediction path)).
+    """
+    for folder, flag in ((reference_folder, "-ref"), (prediction_folder, "-pred")):
+        if not os.path.isdir(folder):
+            raise RehrsegInputError(f"{folder} does not exist; pass an existing folder with {flag}.")
+    file_ending = file_ending or _detect_ending(reference_folder)
+    cases = sorted(f[: -len(file_ending)] for f in os.listdir(reference_folder) if f.endswith(file_ending))
+    if not cases:
+        raise RehrsegInputError(f"{reference_folder} holds no '*{file_ending}' files; check -ref and the file ending.")
+    paths = {c: (os.path.join(reference_folder, c + file_ending), os.path.join(prediction_folder, c + file_ending))
+             for c in cases}
+    missing = [os.path.basename(p) for _, p in paths.values() if not os.path.isfile(p)]
+    if missing:
+        raise RehrsegInputError(f"{prediction_folder} lacks the prediction(s) {', '.join(missing[:5])}"
+                                f"{f' and {len(missing) - 5} more' if len(missing) > 5 else ''} of {len(cases)} "
+                                f"reference case(s); predict every reference case (or remove those references) and "
+                                f"run again.")
+    return file_ending, cases, paths
+
+
+def raise_other_grid(paths: dict[str, tuple[str, str]], grids: dict[str, tuple[Grid, Grid]],
+                     other: list[str]) -> None:
+    """One line naming the first prediction on another grid than its reference, how it differs, and the fix."""
+    reference_grid, prediction_grid = grids[other[0]]
+    more = f" (and {len(other) - 1} more: {', '.join(other[1:4])}{' …' if len(other) > 4 else ''})" \
+        if len(other) > 1 else ""
+    raise RehrsegInputError(
+        f"{paths[other[0]][1]}{more} is on another grid than its reference (size {prediction_grid.size} vs "
+        f"{reference_grid.size}, spacing {_rounded(prediction_grid.spacing)} vs {_rounded(reference_grid.spacing)}, "
+        f"origin {_rounded(prediction_grid.origin)} vs {_rounded(reference_grid.origin)}); pass "
+        f"--resample-to-reference to resample predictions onto the reference grid (nearest neighbour).")
+
+
+def mean_and_std(per_case: list[dict], names: list[str]) -> dict[str, dict]:
+    """Mean and std (ddof=0) of Dice and HD95 per key: over every case for the foreground, over the cases where
+    the label is present (reference or prediction) for a label."""
     mean, std = {}, {}
     for key in ["foreground", *names]:
         rows = [c[key] for c in per_case if key == "foreground" or c[key]["present"]]
@@ -268,9 +218,7 @@ def evaluate_folders(reference_folder: str, prediction_folder: str, labels: dict
             mean[key] = {m: float(np.mean([r[m] for r in rows])) for m in ("dice", "hd95")}
             std[key] = {m: float(np.std([r[m] for r in rows])) for m in ("dice", "hd95")}
             mean[key]["cases"] = len(rows)
-    first = grids[cases[0]][0]
-    return {"per_case": per_case, "mean": mean, "std": std, "labels": dict(labels),
-            "grid": {"size": [int(s) for s in first[0]], "spacing": [float(s) for s in first[1]]}}
+    return {"mean": mean, "std": std}
 
 
 def format_table(summary: dict) -> str:

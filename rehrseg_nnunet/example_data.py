@@ -35,7 +35,8 @@ def mni_template() -> tuple[sitk.Image, sitk.Image]:
         from importlib.resources import files
         folder = files("nilearn.datasets") / "data"
     except ModuleNotFoundError:
-        raise RehrsegInputError("nilearn is not installed; pip install 'rehrseg-nnunet[example]' for the example data.") from None
+        raise RehrsegInputError("nilearn is not installed; pip install 'rehrseg-nnunet[example]' for the example "
+                                "data.") from None
     t1 = sitk.ReadImage(str(folder / TEMPLATE.format("t1")), sitk.sitkFloat32) / 255.0
     gm = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / TEMPLATE.format("gm")), sitk.sitkFloat32)) / 255.0
     wm = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / TEMPLATE.format("wm")), sitk.sitkFloat32)) / 255.0
@@ -52,9 +53,9 @@ def example_cases(num_cases: int = 2, scale_factor: int = 4) -> list[ExampleCase
     cases = []
     for index in range(num_cases):
         start = (index * scale_factor // max(num_cases, 1)) % scale_factor
-        region = [0, 0, start], [size[0], size[1], size[2] - start]
-        crop = lambda image: sitk.RegionOfInterest(image, region[1], region[0])  # noqa: E731
-        cases.append(ExampleCase(f"mni{index:03d}", crop(t1), crop(label)))
+        index_start, region_size = [0, 0, start], [size[0], size[1], size[2] - start]
+        cases.append(ExampleCase(f"mni{index:03d}", sitk.RegionOfInterest(t1, region_size, index_start),
+                                 sitk.RegionOfInterest(label, region_size, index_start)))
     return cases
 
 

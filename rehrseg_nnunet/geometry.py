@@ -13,8 +13,8 @@ same convention.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -108,7 +108,8 @@ class Grid:
     direction: tuple[float, ...]
 
     @classmethod
-    def from_image(cls, image: sitk.Image) -> "Grid":
+    def from_image(cls, image: sitk.Image | sitk.ImageFileReader) -> Grid:
+        """The grid of an image, or of a file reader after ``ReadImageInformation`` (header only)."""
         return cls(tuple(int(v) for v in image.GetSize()), tuple(image.GetSpacing()),
                    tuple(image.GetOrigin()), tuple(image.GetDirection()))
 
@@ -116,7 +117,7 @@ class Grid:
         """Physical direction of index axis ``axis`` (a column of the direction matrix)."""
         return np.asarray(self.direction, dtype=float).reshape(3, 3)[:, axis]
 
-    def refine(self, slice_axis: int, scale_factor: int) -> "Grid":
+    def refine(self, slice_axis: int, scale_factor: int) -> Grid:
         """The HR grid of this (LR) grid: ``n*r`` slices of spacing ``s/r``, cell-centred origin."""
         r = int(scale_factor)
         s = self.spacing[slice_axis]
@@ -127,7 +128,7 @@ class Grid:
         spacing[slice_axis] = s / r
         return Grid(tuple(size), tuple(spacing), tuple(np.asarray(self.origin) + shift), self.direction)
 
-    def coarsen(self, slice_axis: int, scale_factor: int) -> "Grid":
+    def coarsen(self, slice_axis: int, scale_factor: int) -> Grid:
         """The LR grid whose :meth:`refine` is this grid (size along the slice axis must divide by r)."""
         r = int(scale_factor)
         if self.size[slice_axis] % r:
@@ -154,14 +155,78 @@ class Grid:
         image.SetDirection(self.direction)
         return image
 
-    def matches(self, other: "Grid", tolerance: float = 1e-3) -> bool:
-        """Same size and (within ``tolerance``, relative for spacing) the same physical placement."""
-        return (self.size == other.size
-                and np.allclose(self.spacing, other.spacing, rtol=tolerance, atol=0)
-                and np.allclose(self.origin, other.origin, atol=tolerance * max(self.spacing))
-                and np.allclose(self.direction, other.direction, atol=tolerance))
+    def matches(self, other: Grid, tolerance: float = 1e-3, spacing_rtol: float | None = None,
+                origin_atol: float | None = None, direction_atol: float | None = None) -> bool:
+        """Same size and the same physical placement.
+
+        Args:
+            other: the grid to compare with.
+            tolerance: default of the three tolerances: spacing relative, origin in units of the largest
+                spacing, direction absolute.
+            spacing_rtol, origin_atol (mm), direction_atol: set one tolerance explicitly.
+        """
+        # explicit tolerances are exact bounds; the default adds numpy's relative 1e-5 for origin and direction
+        relative = 0.0 if any(t is not None for t in (spacing_rtol, origin_atol, direction_atol)) else 1e-5
+        spacing_rtol = tolerance if spacing_rtol is None else spacing_rtol
+        origin_atol = tolerance * max(self.spacing) if origin_atol is None else origin_atol
+        direction_atol = tolerance if direction_atol is None else direction_atol
+        return (tuple(self.size) == tuple(other.size)
+                and np.allclose(self.spacing, other.spacing, rtol=spacing_rtol, atol=0)
+                and np.allclose(self.origin, other.origin, rtol=relative, atol=origin_atol)
+                and np.allclose(self.direction, other.direction, rtol=relative, atol=direction_atol))
 
 
-def hr_image_from_array(array: np.ndarray, lr_image: sitk.Image, slice_axis: int, scale_factor: int) -> sitk.Image:
-    """Wrap an HR-grid array (z, y, x) with the HR geometry derived from ``lr_image``."""
-    return Grid.from_image(lr_image).refine(slice_axis, scale_factor).image_from_array(array)
+def check_thick_slice_spacing(spacing: Sequence[float], source: str, slice_axis: int, thick_spacing: float,
+                              scale_factor: int, model: str) -> None:
+    """The rule of :func:`check_thick_slice_header` on a spacing already read (``source`` names the image)."""
+    in_plane = max(s for i, s in enumerate(spacing) if i != slice_axis)
+    hr_spacing = thick_spacing / scale_factor
+    if round(spacing[slice_axis] / hr_spacing) != scale_factor or in_plane * 1.5 > spacing[slice_axis]:
+        low, high = (scale_factor - 0.5) * hr_spacing, (scale_factor + 0.5) * hr_spacing
+        raise RehrsegInputError(
+            f"{source} has spacing {tuple(round(s, 3) for s in spacing)} mm but {model} was trained for "
+            f"{thick_spacing:.3g} mm slices along {AXIS_NAMES[slice_axis]} (r = {scale_factor}: {low:.3g}-{high:.3g} "
+            f"mm accepted); resample or reorient it, or use a model trained for this geometry.")
+
+
+@dataclass(frozen=True)
+class DatasetGeometry:
+    """What all cases of a dataset share: the slice axis (x, y, z order) and the scale factor r."""
+
+    slice_axis: int
+    scale_factor: int
+    lr_spacing: tuple[float, float, float]
+
+    @property
+    def hr_spacing(self) -> tuple[float, float, float]:
+        spacing = list(self.lr_spacing)
+        spacing[self.slice_axis] /= self.scale_factor
+        return tuple(spacing)
+
+
+def determine_geometry(grids: Sequence[tuple[str, Grid]], slice_axis: int | None = None,
+                       scale_factor: int | None = None) -> DatasetGeometry:
+    """Slice axis and r shared by all cases (explicit options win), or a one-line error naming the odd file."""
+    found: list[tuple[str, int, int]] = []
+    for path, grid in grids:
+        axis = slice_axis if slice_axis is not None else detect_slice_axis(grid.spacing, path)
+        if scale_factor is not None:
+            check_scale_factor(scale_factor, path)
+            r = int(scale_factor)
+        else:
+            r = infer_scale_factor(grid.spacing, axis, path)
+        found.append((path, axis, r))
+    first_path, first_axis, first_r = found[0]
+    for path, axis, r in found[1:]:
+        if axis != first_axis:
+            raise RehrsegInputError(
+                f"{path} has its thick slices along {AXIS_NAMES[axis]} but {first_path} along "
+                f"{AXIS_NAMES[first_axis]}; "
+                f"all cases must share the slice axis — reorient the odd case."
+            )
+        if r != first_r:
+            raise RehrsegInputError(
+                f"{path} gives scale factor {r} but {first_path} gives {first_r}; all cases must share r — "
+                f"resample the odd case or pass --scale-factor."
+            )
+    return DatasetGeometry(first_axis, first_r, tuple(grids[0][1].spacing))

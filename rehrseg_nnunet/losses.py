@@ -70,6 +70,6 @@ def match_grid(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
     """Average-pool (or interpolate) the teacher's (B, C, S, H, W) features onto the student's grid."""
     if teacher.shape[2:] == student.shape[2:]:
         return teacher
-    if all(t >= s for t, s in zip(teacher.shape[2:], student.shape[2:])):
+    if all(t >= s for t, s in zip(teacher.shape[2:], student.shape[2:], strict=True)):
         return F.adaptive_avg_pool3d(teacher, student.shape[2:])
     return F.interpolate(teacher, size=student.shape[2:], mode="trilinear", align_corners=False)

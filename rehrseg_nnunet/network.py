@@ -79,7 +79,8 @@ class REHRSegUNet(PlainConvUNet):
 
     def __init__(self, input_channels: int, n_stages: int, features_per_stage, conv_op, kernel_sizes, strides,
                  n_conv_per_stage, num_classes: int, n_conv_per_stage_decoder, conv_bias: bool = False,
-                 norm_op=None, norm_op_kwargs: dict | None = None, dropout_op=None, dropout_op_kwargs: dict | None = None,
+                 norm_op=None, norm_op_kwargs: dict | None = None, dropout_op=None,
+                 dropout_op_kwargs: dict | None = None,
                  nonlin=None, nonlin_kwargs: dict | None = None, deep_supervision: bool = False,
                  nonlin_first: bool = False, scale_factor: int = 4, hr_head_channels: int = 16,
                  distillation_channels: int = 0, distillation_stage: int = 1):

@@ -21,23 +21,13 @@ import pickle
 import numpy as np
 from tqdm import tqdm
 
-from rehrseg_nnunet.dataset_io import save_npy_atomically, write_json_atomically
+from rehrseg_nnunet.contract import CONTRACT_KEY, StageContract
 from rehrseg_nnunet.errors import RehrsegInputError
+from rehrseg_nnunet.file_writing import save_npy_atomically, write_json_atomically
 
 PLANS_NAME = "REHRSegPlans"
 NETWORK_CLASS = "rehrseg_nnunet.network.REHRSegUNet"
 UNCERTAINTY_SUFFIX = "_uncertainty.npy"
-
-
-def rehrseg_metadata(dataset_json: dict, source: str) -> dict:
-    """The ``rehrseg`` block a pseudo-HR dataset carries; an error naming the fix when it is missing."""
-    metadata = dataset_json.get("rehrseg")
-    if not metadata:
-        raise RehrsegInputError(
-            f"{source} has no 'rehrseg' block: it is not a pseudo-HR dataset. Create one with rehrseg_make_pseudohr "
-            f"and train on that."
-        )
-    return metadata
 
 
 def lr_topology(hr_spacing: list[float], hr_patch: list[int], scale_factor: int) -> dict:
@@ -89,8 +79,9 @@ def topology_from_lr_plans(lr_plans: dict, transpose_forward: list[int], hr_spac
     expected = [hr_spacing[0] * scale_factor, *hr_spacing[1:]]
     if not np.allclose(lr_spacing, expected, rtol=0.05):
         raise RehrsegInputError(
-            f"{source} plans spacing {[round(v, 3) for v in lr_spacing]} mm (slice axis first) but this dataset's thick "
-            f"slices are {[round(v, 3) for v in expected]} mm; pass the plans of the nnU-Net trained on its source dataset.")
+            f"{source} plans spacing {[round(v, 3) for v in lr_spacing]} mm (slice axis first) but this dataset's "
+            f"thick slices are {[round(v, 3) for v in expected]} mm; pass the plans of the nnU-Net trained on "
+            f"its source dataset.")
     arch = copy.deepcopy(config["architecture"]["arch_kwargs"])
     arch["kernel_sizes"] = [[int(kernel[i]) for i in order] for kernel in arch["kernel_sizes"]]
     arch["strides"] = [[int(stride[i]) for i in order] for stride in arch["strides"]]
@@ -104,64 +95,6 @@ def topology_from_lr_plans(lr_plans: dict, transpose_forward: list[int], hr_spac
 def features_per_stage(n_stages: int, base: int = 32, maximum: int = 320) -> list[int]:
     """nnU-Net's rule: base features doubled per stage, capped."""
     return [min(base * 2 ** i, maximum) for i in range(n_stages)]
-
-
-def resized_plans(plans: dict, patch_size: list[int], base_features: int, max_features: int, batch_size: int,
-                  plans_name: str, use_mask_for_norm: bool | None = None) -> dict:
-    """Stock nnU-Net plans (3d_fullres only) with another patch, widths and batch, e.g. to train on a CPU.
-
-    The U-Net keeps nnU-Net's design rule: its topology is what nnU-Net's own helper gives for that patch
-    on the configuration's spacing; every other setting (resampling, normalisation unless asked) stays, so
-    the plans train on the data nnUNetv2_plan_and_preprocess already wrote, unless the normalisation
-    changes: then they get their own data identifier (``nnUNetv2_preprocess -plans_name`` writes it).
-
-    Args:
-        plans: nnU-Net plans of the dataset (``nnUNetPlans.json``).
-        patch_size: the patch, in the plans' (transposed) axis order.
-        base_features: features at full resolution (nnU-Net: 32).
-        max_features: feature cap (nnU-Net: 320).
-        batch_size: patches per iteration.
-        plans_name: the new plans' name (also the file name under nnUNet_preprocessed, without ``.json``).
-        use_mask_for_norm: None keeps nnU-Net's choice; False z-scores over the whole cropped volume (see
-            :func:`make_rehrseg_plans`: short trainings then tell a zero background from tissue).
-
-    Returns:
-        The new plans.
-    """
-    out = copy.deepcopy(plans)
-    out["plans_name"] = plans_name
-    config = out["configurations"]["3d_fullres"]
-    if use_mask_for_norm is not None:
-        masks = [bool(use_mask_for_norm and m) for m in config["use_mask_for_norm"]]
-        if masks != config["use_mask_for_norm"]:
-            config["use_mask_for_norm"] = masks
-            config["data_identifier"] = f"{plans_name}_3d_fullres"
-    topology = lr_topology(config["spacing"], patch_size, 1)
-    n_stages = len(topology["strides"])
-    config["architecture"]["arch_kwargs"].update(
-        n_stages=n_stages, features_per_stage=features_per_stage(n_stages, base_features, max_features),
-        kernel_sizes=topology["kernel_sizes"], strides=topology["strides"], n_conv_per_stage=[2] * n_stages,
-        n_conv_per_stage_decoder=[2] * (n_stages - 1))
-    config["patch_size"] = topology["hr_patch_size"]
-    config["batch_size"] = int(batch_size)
-    out["configurations"] = {"3d_fullres": config}
-    return out
-
-
-def write_resized_plans(preprocessed_dataset_folder: str, patch_size: list[int], base_features: int,
-                        max_features: int, batch_size: int, plans_name: str,
-                        use_mask_for_norm: bool | None = None) -> str:
-    """:func:`resized_plans` of the folder's ``nnUNetPlans.json``, written as ``plans_name.json`` beside it.
-
-    Returns:
-        The written file's path.
-    """
-    source = os.path.join(preprocessed_dataset_folder, "nnUNetPlans.json")
-    plans = read_json_file(source, "run nnUNetv2_plan_and_preprocess for this dataset first")
-    target = os.path.join(preprocessed_dataset_folder, f"{plans_name}.json")
-    write_json_atomically(target, resized_plans(plans, patch_size, base_features, max_features, batch_size, plans_name,
-                                                use_mask_for_norm))
-    return target
 
 
 def make_rehrseg_plans(plans: dict, dataset_json: dict, patch_size: list[int] | None = None, base_features: int = 32,
@@ -187,79 +120,82 @@ def make_rehrseg_plans(plans: dict, dataset_json: dict, patch_size: list[int] | 
             whole-brain Dice 0.959 without the mask, 0.744 with it (about 1 M false-positive voxels in the
             test scan's zero background).
     """
-    metadata = rehrseg_metadata(dataset_json, source)
-    r = int(metadata["scale_factor"])
-    numpy_slice_axis = 2 - int(metadata["slice_axis"])
-    transpose_forward = [numpy_slice_axis] + [a for a in range(3) if a != numpy_slice_axis]
-    transpose_backward = [int(i) for i in np.argsort(transpose_forward)]
-    hr_spacing_numpy = list(reversed([float(s) for s in metadata["hr_spacing"]]))  # (x, y, z) -> (z, y, x)
+    contract = StageContract.from_dataset_json(dataset_json, source)
+    r = contract.scale_factor
+    transpose_forward = [contract.numpy_slice_axis] + [a for a in range(3) if a != contract.numpy_slice_axis]
+    hr_spacing_numpy = list(reversed(contract.hr_spacing))  # (x, y, z) -> (z, y, x)
     spacing = [hr_spacing_numpy[a] for a in transpose_forward]
-
-    out = copy.deepcopy(plans)
-    out["plans_name"] = PLANS_NAME
     stock = plans["configurations"]["3d_fullres"]
-    config = copy.deepcopy(stock)
-    if patch_size is None:
-        patch_size = [stock["patch_size"][transpose_forward.index(a)] for a in plans["transpose_forward"]] \
-            if plans["transpose_forward"] != transpose_forward else list(stock["patch_size"])
     lr_architecture = None
     if lr_plans is not None:
         topology, lr_architecture = topology_from_lr_plans(lr_plans, transpose_forward, spacing, r, lr_plans_source)
+        normalisation = {key: lr_plans["configurations"]["3d_fullres"][key]
+                         for key in ("normalization_schemes", "use_mask_for_norm")}
     else:
+        if patch_size is None:
+            patch_size = [stock["patch_size"][transpose_forward.index(a)] for a in plans["transpose_forward"]] \
+                if plans["transpose_forward"] != transpose_forward else list(stock["patch_size"])
         topology = lr_topology(spacing, list(patch_size), r)
-    if lr_plans is not None:
-        lr_config = lr_plans["configurations"]["3d_fullres"]
-        normalisation = {"normalization_schemes": lr_config["normalization_schemes"],
-                         "use_mask_for_norm": lr_config["use_mask_for_norm"]}
-    else:
         normalisation = {"normalization_schemes": stock["normalization_schemes"],
                          "use_mask_for_norm": [bool(use_mask_for_norm and m) for m in stock["use_mask_for_norm"]]}
     same_data = (plans["transpose_forward"] == transpose_forward and np.allclose(stock["spacing"], spacing)
                  and all(stock[key] == value for key, value in normalisation.items()))
+    config = copy.deepcopy(stock)
     config.update(normalisation)
+    config.update(separate_z_resampling(stock))
     config["data_identifier"] = stock["data_identifier"] if same_data else f"{PLANS_NAME}_3d_fullres"
     config["spacing"] = spacing
     config["patch_size"] = topology["hr_patch_size"]
     if batch_size:
         config["batch_size"] = int(batch_size)
-    separate_z = {"force_separate_z": True, "order_z": 0}
-    config["resampling_fn_data_kwargs"] = {**stock["resampling_fn_data_kwargs"], **separate_z}
-    config["resampling_fn_seg_kwargs"] = {**stock["resampling_fn_seg_kwargs"], **separate_z}
-    # back to a thick-slice grid, probabilities are interpolated linearly between HR slices
-    config["resampling_fn_probabilities_kwargs"] = {**stock["resampling_fn_probabilities_kwargs"],
-                                                     "force_separate_z": True, "order_z": 1}
-    n_stages = len(topology["strides"])
-    arch = copy.deepcopy(stock["architecture"]["arch_kwargs"])
-    arch.update({
-        "n_stages": n_stages,
-        "features_per_stage": features_per_stage(n_stages, base_features, max_features),
-        "kernel_sizes": topology["kernel_sizes"],
-        "strides": topology["strides"],
-        "n_conv_per_stage": [2] * n_stages,
-        "n_conv_per_stage_decoder": [2] * (n_stages - 1),
-        **(lr_architecture or {}),
-        "scale_factor": r,
-        "hr_head_channels": 16,
-        "distillation_channels": int(teacher_channels),
-        "distillation_stage": 1 if n_stages > 1 else 0,
-    })
+    arch = rehrseg_architecture(stock, topology, base_features, max_features, lr_architecture)
+    arch.update(scale_factor=r, hr_head_channels=16, distillation_channels=int(teacher_channels),
+                distillation_stage=1 if arch["n_stages"] > 1 else 0)
     config["architecture"] = {"network_class_name": NETWORK_CLASS, "arch_kwargs": arch,
                               "_kw_requires_import": stock["architecture"]["_kw_requires_import"]}
-    config["rehrseg"] = {"scale_factor": r, "slice_axis": int(metadata["slice_axis"]),
-                         "lr_spacing": topology["lr_spacing"], "lr_patch_size": topology["lr_patch_size"]}
+    config[CONTRACT_KEY] = contract.for_plans(topology["lr_patch_size"])
+    return transposed_plans(plans, transpose_forward, config)
+
+
+def separate_z_resampling(stock: dict) -> dict:
+    """Resampling along the slice axis on its own: nearest for images and labels (a thick slice becomes r
+    copies), linear for probabilities back to a thick-slice grid."""
+    separate_z = {"force_separate_z": True, "order_z": 0}
+    return {"resampling_fn_data_kwargs": {**stock["resampling_fn_data_kwargs"], **separate_z},
+            "resampling_fn_seg_kwargs": {**stock["resampling_fn_seg_kwargs"], **separate_z},
+            "resampling_fn_probabilities_kwargs": {**stock["resampling_fn_probabilities_kwargs"],
+                                                   "force_separate_z": True, "order_z": 1}}
+
+
+def rehrseg_architecture(stock: dict, topology: dict, base_features: int, max_features: int,
+                         lr_architecture: dict | None) -> dict:
+    """The inner U-Net's kwargs: nnU-Net's rule on the topology, or the LR model's U-Net as it is."""
+    n_stages = len(topology["strides"])
+    arch = copy.deepcopy(stock["architecture"]["arch_kwargs"])
+    arch.update(n_stages=n_stages, features_per_stage=features_per_stage(n_stages, base_features, max_features),
+                kernel_sizes=topology["kernel_sizes"], strides=topology["strides"], n_conv_per_stage=[2] * n_stages,
+                n_conv_per_stage_decoder=[2] * (n_stages - 1))
+    arch.update(lr_architecture or {})
+    return arch
+
+
+def transposed_plans(plans: dict, transpose_forward: list[int], config: dict) -> dict:
+    """REHRSegPlans: the stock plans on REHRSeg's axis order (slice axis first), with ``config`` as their only
+    configuration."""
+    out = copy.deepcopy(plans)
+    out["plans_name"] = PLANS_NAME
     out["transpose_forward"] = transpose_forward
-    out["transpose_backward"] = transpose_backward
-    out["original_median_spacing_after_transp"] = [
-        plans["original_median_spacing_after_transp"][plans["transpose_backward"][a]] for a in transpose_forward]
-    out["original_median_shape_after_transp"] = [
-        plans["original_median_shape_after_transp"][plans["transpose_backward"][a]] for a in transpose_forward]
+    out["transpose_backward"] = [int(i) for i in np.argsort(transpose_forward)]
+    for key in ("original_median_spacing_after_transp", "original_median_shape_after_transp"):
+        out[key] = [plans[key][plans["transpose_backward"][a]] for a in transpose_forward]
     out["configurations"] = {"3d_fullres": config}
     return out
 
 
-def preprocess_uncertainty(raw_folder: str, preprocessed_folder: str, plans: dict, file_ending: str,
+def preprocess_uncertainty(uncertainty_folder: str, preprocessed_folder: str, plans: dict, file_ending: str,
                            overwrite: bool = False) -> int:
-    """Crop and resample each ``uncertaintyTr`` map exactly as nnU-Net did the case's image; save float16 .npy.
+    """Crop and resample each uncertainty map of ``uncertainty_folder`` (the raw dataset's ``uncertaintyTr``)
+    exactly as nnU-Net did the case's image; save float16 .npy.
 
     Returns:
         The number of maps written.
@@ -274,7 +210,7 @@ def preprocess_uncertainty(raw_folder: str, preprocessed_folder: str, plans: dic
         target = os.path.join(preprocessed_folder, identifier + UNCERTAINTY_SUFFIX)
         if os.path.isfile(target) and not overwrite:
             continue
-        source = os.path.join(raw_folder, "uncertaintyTr", identifier + file_ending)
+        source = os.path.join(uncertainty_folder, identifier + file_ending)
         if not os.path.isfile(source):
             raise RehrsegInputError(f"{source} is missing; re-run rehrseg_make_pseudohr for this dataset.")
         with open(os.path.join(preprocessed_folder, identifier + ".pkl"), "rb") as handle:
@@ -311,7 +247,8 @@ def plan_dataset(dataset: str, source_plans: str = "nnUNetPlans", patch_size: li
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
     if not nnUNet_preprocessed or not nnUNet_raw:
-        raise RehrsegInputError("nnUNet_raw and nnUNet_preprocessed must be set (see nnU-Net's set_environment_variables).")
+        raise RehrsegInputError("nnUNet_raw and nnUNet_preprocessed must be set (see nnU-Net's "
+                                "set_environment_variables).")
     try:
         name = maybe_convert_to_dataset_name(dataset)
     except RuntimeError:
@@ -323,8 +260,8 @@ def plan_dataset(dataset: str, source_plans: str = "nnUNetPlans", patch_size: li
     plans = read_json_file(stock_path, f"run nnUNetv2_plan_and_preprocess -d {dataset} again")
     dataset_json_path = os.path.join(nnUNet_raw, name, "dataset.json")
     dataset_json = read_json_file(dataset_json_path, "fix the file (nnU-Net's dataset.json format)")
-    metadata = rehrseg_metadata(dataset_json, dataset_json_path)
-    teacher_channels = teacher_feature_channels(metadata)
+    contract = StageContract.from_dataset_json(dataset_json, dataset_json_path)
+    teacher_channels = teacher_feature_channels(contract)
     lr_plans_dict = None
     if lr_plans is not None:
         if patch_size is not None:
@@ -340,13 +277,15 @@ def plan_dataset(dataset: str, source_plans: str = "nnUNetPlans", patch_size: li
         print(f"rehrseg_plan: replaced the existing {path}: " + ("; ".join(changes) if changes else "no change"))
     config = rehrseg_plans["configurations"]["3d_fullres"]
     data_folder = os.path.join(folder, config["data_identifier"])
-    if config["data_identifier"] != plans["configurations"]["3d_fullres"]["data_identifier"] or not os.path.isdir(data_folder):
+    stock_identifier = plans["configurations"]["3d_fullres"]["data_identifier"]
+    if config["data_identifier"] != stock_identifier or not os.path.isdir(data_folder):
         from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess_dataset
         preprocess_dataset(int(name[7:10]), PLANS_NAME, ("3d_fullres",), (num_processes,))
-    preprocess_uncertainty(os.path.join(nnUNet_raw, name), data_folder, rehrseg_plans, dataset_json["file_ending"],
-                           overwrite)
-    print(f"rehrseg_plan: wrote {path} (HR patch {config['patch_size']}, LR patch "
-          f"{config['rehrseg']['lr_patch_size']}, r = {config['rehrseg']['scale_factor']}); train with "
+    preprocess_uncertainty(os.path.join(nnUNet_raw, name, contract.training_uncertainty_folder), data_folder,
+                           rehrseg_plans, dataset_json["file_ending"], overwrite)
+    lr_patch = list(config[CONTRACT_KEY]["lr_patch_size"])
+    print(f"rehrseg_plan: wrote {path} (HR patch {config['patch_size']}, LR patch {lr_patch}, "
+          f"r = {contract.scale_factor}); train with "
           f"nnUNetv2_train {name[7:10]} 3d_fullres FOLD -tr REHRSegTrainer -p {PLANS_NAME}")
     return path
 
@@ -377,16 +316,16 @@ def plan_changes(path: str, new_plans: dict) -> list[str] | None:
                                                                  "use_mask_for_norm")
                if old.get(key) != new[key]]
     old_arch, new_arch = old.get("architecture", {}).get("arch_kwargs", {}), new["architecture"]["arch_kwargs"]
-    changes += [f"{key} {old_arch.get(key)} -> {new_arch[key]}" for key in new_arch if old_arch.get(key) != new_arch[key]]
+    changes += [f"{key} {old_arch.get(key)} -> {new_arch[key]}" for key in new_arch
+                if old_arch.get(key) != new_arch[key]]
     return changes
 
 
-def teacher_feature_channels(metadata: dict) -> int:
-    """Channels of the SR teacher's stride-2 encoder features (0 when the SR model folder is gone)."""
-    from rehrseg_nnunet.pseudohr import sr_model_folder
+def teacher_feature_channels(contract: StageContract) -> int:
+    """Channels of the SR teacher's stride-2 encoder features."""
     from rehrseg_nnunet.sr.config import SRConfig
 
-    folder = sr_model_folder(metadata)
+    folder = contract.resolved_sr_model_folder()
     if not folder or not os.path.isdir(folder):
         raise RehrsegInputError(
             f"The SR model folder {folder} recorded in the dataset's rehrseg block is missing; restore it or re-run "

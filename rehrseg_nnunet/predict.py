@@ -20,6 +20,7 @@ from nnunetv2.inference import predict_from_raw_data
 from nnunetv2.inference.export_prediction import export_prediction_from_logits
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+from rehrseg_nnunet.contract import StageContract
 from rehrseg_nnunet.dataset_io import check_gzip_complete, check_thick_slice_header
 from rehrseg_nnunet.errors import RehrsegInputError
 from rehrseg_nnunet.geometry import Grid
@@ -27,15 +28,18 @@ from rehrseg_nnunet.planning import NETWORK_CLASS
 from rehrseg_nnunet.training import EXT_TRAINER_FOLDER
 
 
-def rehrseg_settings(configuration_manager) -> dict:
-    return configuration_manager.configuration.get("rehrseg", {})
+def model_contract(plans_manager, configuration_manager) -> StageContract | None:
+    """The stage contract of a loaded model's configuration (None for a model rehrseg_plan did not plan)."""
+    return StageContract.from_plans_configuration(configuration_manager.configuration,
+                                                  plans_manager.transpose_forward,
+                                                  f"plans '{plans_manager.plans_name}' of the model")
 
 
 def hr_properties(properties: dict, plans_manager, configuration_manager) -> dict:
     """nnU-Net's per-case properties of a thick-slice input, rewritten for its HR grid."""
-    settings = rehrseg_settings(configuration_manager)
-    r, slice_axis = int(settings["scale_factor"]), int(settings["slice_axis"])
-    numpy_axis = 2 - slice_axis
+    contract = model_contract(plans_manager, configuration_manager)
+    r, slice_axis = contract.scale_factor, contract.slice_axis
+    numpy_axis = contract.numpy_slice_axis
     transposed_axis = list(plans_manager.transpose_forward).index(numpy_axis)
     out = copy.deepcopy(properties)
     spacing = list(out["spacing"])
@@ -87,12 +91,13 @@ class REHRSegPredictor(nnUNetPredictor):
                                              checkpoint_name: str = "checkpoint_final.pth"):
         check_rehrseg_model(model_training_output_dir)
         super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
-        self.scale_factor = int(rehrseg_settings(self.configuration_manager)["scale_factor"])
+        self.scale_factor = model_contract(self.plans_manager, self.configuration_manager).scale_factor
 
     def _internal_get_sliding_window_slicers(self, image_size):
         r = self.scale_factor
         # image_size is the (slice, y, x) shape of the padded image (nnU-Net passes data.shape[1:])
-        last_start = image_size[0] - self.configuration_manager.patch_size[0]
+        patch = self.configuration_manager.patch_size[0]
+        last_start = image_size[0] - patch
         aligned = []
         for slicer in super()._internal_get_sliding_window_slicers(image_size):
             starts = [min(int(round(slicer[1].start / r)) * r, last_start)]
@@ -101,7 +106,7 @@ class REHRSegPredictor(nnUNetPredictor):
                 # spacing slightly off the model's), the rounded one would not: keep both
                 starts.append(last_start)
             for start in starts:
-                aligned_slicer = (slicer[0], slice(start, start + self.configuration_manager.patch_size[0]), *slicer[2:])
+                aligned_slicer = (slicer[0], slice(start, start + patch), *slicer[2:])
                 if aligned_slicer not in aligned:
                     aligned.append(aligned_slicer)
         return aligned
@@ -119,7 +124,8 @@ class REHRSegPredictor(nnUNetPredictor):
             logits = super().predict_sliding_window_return_logits(padded)[:, below:below + size]
         if not torch.isfinite(logits).all():  # a voxel no window covered would be NaN, exported as background
             raise RuntimeError(f"REHRSeg prediction left {int((~torch.isfinite(logits)).sum())} logits undefined "
-                               f"(image {tuple(input_image.shape[1:])}, patch {tuple(self.configuration_manager.patch_size)}).")
+                               f"(image {tuple(input_image.shape[1:])}, patch "
+                               f"{tuple(self.configuration_manager.patch_size)}).")
         return logits
 
 
@@ -131,12 +137,18 @@ def check_prediction_inputs(input_folder: str, model_folder: str, configuration:
     """
     with open(os.path.join(model_folder, "dataset.json")) as handle:
         dataset_json = json.load(handle)
-    with open(os.path.join(model_folder, "plans.json")) as handle:
-        settings = json.load(handle)["configurations"][configuration]["rehrseg"]
-    return check_input_folder(input_folder, dataset_json, settings, f"the model in {model_folder}")
+    plans_file = os.path.join(model_folder, "plans.json")
+    with open(plans_file) as handle:
+        plans = json.load(handle)
+    contract = StageContract.from_plans_configuration(plans["configurations"][configuration],
+                                                      plans["transpose_forward"], plans_file)
+    if contract is None:
+        raise RehrsegInputError(f"{plans_file} has no REHRSeg stage contract in configuration {configuration}; "
+                                f"train the model with -p REHRSegPlans (written by rehrseg_plan).")
+    return check_input_folder(input_folder, dataset_json, contract, f"the model in {model_folder}")
 
 
-def check_input_folder(input_folder: str, dataset_json: dict, settings: dict, model: str) -> int:
+def check_input_folder(input_folder: str, dataset_json: dict, contract: StageContract, model: str) -> int:
     """Every input case must fit the model: its file ending, channel count, slice axis and slice spacing.
 
     Slices that hold r of the model's HR slices (rounded) and are at least 1.5x coarser than in-plane (see
@@ -145,7 +157,7 @@ def check_input_folder(input_folder: str, dataset_json: dict, settings: dict, mo
     Args:
         input_folder: nnU-Net-style folder of CASE_XXXX images.
         dataset_json: the model's dataset.json.
-        settings: the ``rehrseg`` block of the model's configuration.
+        contract: the stage contract of the model's configuration.
         model: how error messages name the model.
 
     Returns:
@@ -158,19 +170,20 @@ def check_input_folder(input_folder: str, dataset_json: dict, settings: dict, mo
 
     ending, channels = dataset_json["file_ending"], len(dataset_json["channel_names"])
     if not os.path.isdir(input_folder):
-        raise RehrsegInputError(f"the input folder {input_folder} does not exist; pass the folder of thick-slice images.")
+        raise RehrsegInputError(f"the input folder {input_folder} does not exist; pass the folder of thick-slice "
+                                "images.")
     cases = create_lists_from_splitted_dataset_folder(input_folder, ending)
     if not cases:
-        raise RehrsegInputError(f"{input_folder} holds no CASE_0000{ending} images ({ending} is the model's file ending); "
-                                f"convert the inputs to {ending} with nnU-Net's naming.")
+        raise RehrsegInputError(f"{input_folder} holds no CASE_0000{ending} images ({ending} is the model's file "
+                                f"ending); convert the inputs to {ending} with nnU-Net's naming.")
     for files in cases:
         if len(files) != channels:
-            raise RehrsegInputError(f"{files[0]}: its case has {len(files)} channel file(s) but the model takes {channels} "
-                                    f"(CASE_0000{ending} … CASE_{channels - 1:04d}{ending}); add or remove channels.")
+            raise RehrsegInputError(f"{files[0]}: its case has {len(files)} channel file(s) but the model takes "
+                                    f"{channels} (CASE_0000{ending} … CASE_{channels - 1:04d}{ending}); add or "
+                                    f"remove channels.")
         for path in files:
             check_gzip_complete(path)
-            check_thick_slice_header(path, int(settings["slice_axis"]), float(settings["lr_spacing"][0]),
-                                     int(settings["scale_factor"]), model)
+            check_thick_slice_header(path, contract.slice_axis, contract.thick_spacing, contract.scale_factor, model)
     return len(cases)
 
 
@@ -193,18 +206,18 @@ def _with_rehrseg_checks(predict_method):
     @functools.wraps(predict_method)
     def predict(self, list_of_lists_or_source_folder, *args, **kwargs):
         manager = getattr(self, "configuration_manager", None)
-        settings = rehrseg_settings(manager) if manager is not None else {}
-        if settings and not isinstance(self, REHRSegPredictor):
+        contract = model_contract(self.plans_manager, manager) if manager is not None else None
+        if contract is not None and not isinstance(self, REHRSegPredictor):
             if isinstance(list_of_lists_or_source_folder, str):
                 try:
-                    check_input_folder(list_of_lists_or_source_folder, self.dataset_json, settings,
+                    check_input_folder(list_of_lists_or_source_folder, self.dataset_json, contract,
                                        f"the REHRSeg model ({self.trainer_name})")
                 except RehrsegInputError as error:
                     print(f"nnUNetv2_predict: error: {error}", file=sys.stderr)
                     raise SystemExit(2) from None
             # the same network and weights; only the window placement (and the short-image padding) differ
             self.__class__ = REHRSegPredictor
-            self.scale_factor = int(settings["scale_factor"])
+            self.scale_factor = contract.scale_factor
         return predict_method(self, list_of_lists_or_source_folder, *args, **kwargs)
 
     predict.rehrseg_hook = True

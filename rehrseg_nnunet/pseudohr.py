@@ -11,7 +11,6 @@ renamed into place when all of them are complete (the label last, so "label pres
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import os
@@ -23,55 +22,31 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from rehrseg_nnunet import __version__
-from rehrseg_nnunet.dataset_io import (RawCase, RawDataset, check_label_values, check_thick_slice_header,
-                                      load_raw_dataset, raw_root, read_case,
-                                      write_image_verified, write_json_atomically)
+from rehrseg_nnunet.contract import CONTRACT_KEY, StageContract, default_sr_model_folder, portable_sr_model_folder
+from rehrseg_nnunet.dataset_io import (
+    RawCase,
+    RawDataset,
+    check_label_values,
+    check_thick_slice_header,
+    load_raw_dataset,
+    raw_root,
+    read_case,
+)
 from rehrseg_nnunet.errors import RehrsegInputError
+from rehrseg_nnunet.file_writing import process_alive, write_image_verified, write_json_atomically
 from rehrseg_nnunet.qc import Panel, save_qc_png
-from rehrseg_nnunet.sr.config import SRConfig, final_checkpoint
+from rehrseg_nnunet.sr.config import SRConfig, checkpoint_sha256, final_checkpoint
 from rehrseg_nnunet.sr.infer import SuperResolver
 
 TEMP_FOLDER = ".rehrseg_incomplete"
+#: the SR stage whose network writes the pseudo-HR data (and teaches during training)
+SR_STAGE = "1c"
 
 
 @dataclass(frozen=True)
 class CaseJob:
     case: RawCase
     split: str  # "Tr" or "Ts"
-
-
-def default_sr_model_folder(dataset_name: str) -> str:
-    results = os.environ.get("nnUNet_results")
-    if not results:
-        raise RehrsegInputError("The environment variable nnUNet_results is not set; export it or pass -m SR_MODEL_FOLDER.")
-    return os.path.join(results, dataset_name, "rehrseg_sr")
-
-
-def sr_model_folder(metadata: dict) -> str | None:
-    """A pseudo-HR dataset's SR model folder: stored relative to nnUNet_results when it lies below it, so that
-    datasets and trained models move between machines with their results folder."""
-    folder = metadata.get("sr_model_folder")
-    results = os.environ.get("nnUNet_results")
-    if folder and not os.path.isabs(folder) and results:
-        folder = os.path.join(results, folder)
-    return folder
-
-
-def portable_sr_model_folder(folder: str) -> str:
-    """The form :func:`sr_model_folder` reads: relative to nnUNet_results when below it, else absolute."""
-    folder = os.path.abspath(folder)
-    results = os.environ.get("nnUNet_results")
-    if results and os.path.commonpath([folder, os.path.abspath(results)]) == os.path.abspath(results):
-        return os.path.relpath(folder, os.path.abspath(results))
-    return folder
-
-
-def checkpoint_hash(model_folder: str, stage: str) -> str:
-    digest = hashlib.sha256()
-    with open(final_checkpoint(model_folder, stage), "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def target_folder_for(source: RawDataset, target_id: int) -> str:
@@ -82,17 +57,23 @@ def target_folder_for(source: RawDataset, target_id: int) -> str:
     folder = os.path.join(root, f"Dataset{target_id:03d}_{source_short}PseudoHR")
     for name in existing:
         path = os.path.join(root, name)
-        metadata = {}
-        if os.path.isfile(os.path.join(path, "dataset.json")):
-            with open(os.path.join(path, "dataset.json")) as handle:
-                metadata = json.load(handle).get("rehrseg", {})
-        if path != folder or metadata.get("source_dataset") != source.name:
+        if path != folder or existing_source_dataset(path) != source.name:
             raise RehrsegInputError(
                 f"Dataset id {target_id} is already used by {path}; choose another -o TARGET_ID or remove that folder."
             )
     if os.path.abspath(folder) == os.path.abspath(source.folder):
         raise RehrsegInputError(f"The target {folder} is the source dataset; choose another -o TARGET_ID.")
     return folder
+
+
+def existing_source_dataset(folder: str) -> str | None:
+    """The source dataset recorded in an existing pseudo-HR dataset's contract (None when there is none)."""
+    path = os.path.join(folder, "dataset.json")
+    try:
+        with open(path) as handle:
+            return StageContract.from_dataset_json(json.load(handle), path).source_dataset
+    except (OSError, ValueError, RehrsegInputError):
+        return None
 
 
 def expected_files(folder: str, job: CaseJob, num_channels: int, file_ending: str) -> dict[str, str]:
@@ -119,8 +100,8 @@ def check_model_matches_dataset(config: SRConfig, source: RawDataset, model_fold
         )
     if sorted(config.label_values) != source.label_values:
         raise RehrsegInputError(
-            f"The SR model in {model_folder} knows labels {config.label_values} but {source.folder}/dataset.json declares "
-            f"{source.label_values}; train the SR model on this dataset."
+            f"The SR model in {model_folder} knows labels {config.label_values} but {source.folder}/dataset.json "
+            f"declares {source.label_values}; train the SR model on this dataset."
         )
 
 
@@ -181,21 +162,12 @@ def process_case(job: CaseJob, folder: str, file_ending: str, num_channels: int)
             os.makedirs(os.path.dirname(files[key]), exist_ok=True)
             os.replace(temp_paths[key], files[key])
     except OSError as error:
-        raise RehrsegInputError(f"writing case '{job.case.identifier}' into {folder} failed ({error.strerror or error}); "
+        raise RehrsegInputError(f"writing case '{job.case.identifier}' into {folder} failed "
+                                f"({error.strerror or error}); "
                                 f"check free space, quotas and write permission.") from None
     finally:  # a failed case leaves nothing: its temporary folder goes, its label (written last) never arrives
         shutil.rmtree(temp, ignore_errors=True)
     return time.perf_counter() - started
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_stale_temporaries(folder: str) -> None:
@@ -205,7 +177,7 @@ def remove_stale_temporaries(folder: str) -> None:
         return
     for name in os.listdir(temp_root):
         pid = name.rsplit("_", 1)[-1]
-        if not pid.isdigit() or not _process_alive(int(pid)):
+        if not pid.isdigit() or not process_alive(int(pid)):
             shutil.rmtree(os.path.join(temp_root, name), ignore_errors=True)
     if not os.listdir(temp_root):
         os.rmdir(temp_root)
@@ -215,15 +187,26 @@ def write_dataset_json(folder: str, source: RawDataset, config: SRConfig, model_
     dataset_json = dict(source.dataset_json)
     dataset_json["numTraining"] = len(source.training)
     dataset_json["name"] = os.path.basename(folder).split("_", 1)[1]
-    dataset_json["rehrseg"] = {
-        "scale_factor": config.scale_factor, "slice_axis": config.slice_axis,
-        "lr_spacing": config.lr_spacing, "hr_spacing": config.hr_spacing,
-        "source_dataset": source.name, "sr_model_folder": portable_sr_model_folder(model_folder),
-        "sr_stage": "1c", "sr_checkpoint_sha256": checkpoint_hash(model_folder, "1c"),
-        "uncertainty_folders": ["uncertaintyTr"] + (["uncertaintyTs"] if source.test else []),
-        "tool_version": __version__,
-    }
+    contract = StageContract(
+        scale_factor=config.scale_factor, slice_axis=config.slice_axis, lr_spacing=tuple(config.lr_spacing),
+        source_dataset=source.name, sr_model_folder=portable_sr_model_folder(model_folder), sr_stage=SR_STAGE,
+        sr_checkpoint_sha256=checkpoint_sha256(model_folder, SR_STAGE),
+        uncertainty_folders=("uncertaintyTr", "uncertaintyTs") if source.test else ("uncertaintyTr",),
+        tool_version=__version__)
+    dataset_json[CONTRACT_KEY] = contract.to_json()
     write_json_atomically(os.path.join(folder, "dataset.json"), dataset_json)
+
+
+@dataclass(frozen=True)
+class PseudoHRWork:
+    """A checked run of rehrseg_make_pseudohr: where it writes and the cases it will write."""
+
+    source: RawDataset
+    config: SRConfig
+    model_folder: str
+    folder: str
+    todo: list[CaseJob]
+    skipped: int
 
 
 def make_pseudohr(source_dataset: str, target_id: int, model_folder: str | None = None, device: str | None = None,
@@ -239,55 +222,64 @@ def make_pseudohr(source_dataset: str, target_id: int, model_folder: str | None 
         num_processes: worker processes.
         overwrite: redo complete cases.
     """
+    work = check_pseudohr_work(source_dataset, target_id, model_folder, part_id, num_parts, overwrite)
+    os.makedirs(work.folder, exist_ok=True)
+    remove_stale_temporaries(work.folder)
+    write_dataset_json(work.folder, work.source, work.config, work.model_folder)
+    started = time.perf_counter()
+    try:
+        write_cases(work, device, num_processes)
+    finally:
+        remove_stale_temporaries(work.folder)
+    written = len(work.todo)
+    summary = {"folder": work.folder, "written": written, "skipped": work.skipped,
+               "seconds_per_case": (time.perf_counter() - started) / written if written else 0.0}
+    print(f"rehrseg_make_pseudohr: {written} case(s) written, {work.skipped} skipped (complete), "
+          f"{summary['seconds_per_case']:.1f} s per case -> {work.folder}")
+    return summary
+
+
+def check_pseudohr_work(source_dataset: str, target_id: int, model_folder: str | None, part_id: int, num_parts: int,
+                        overwrite: bool) -> PseudoHRWork:
+    """Every check before anything is written: the part, the SR model against the dataset, every case's
+    geometry and label, the target folder; then every case this run will write, read once."""
     if not 0 <= part_id < num_parts:
         raise RehrsegInputError(f"-part_id {part_id} must lie in 0..{num_parts - 1} (-num_parts {num_parts}).")
     source = load_raw_dataset(source_dataset)
-    model_folder = model_folder or default_sr_model_folder(source.name)
+    model_folder = model_folder or default_sr_model_folder(source.name, "-m SR_MODEL_FOLDER")
     config = SRConfig.load(model_folder)
-    if not os.path.isfile(final_checkpoint(model_folder, "1c")):
-        raise RehrsegInputError(
-            f"{final_checkpoint(model_folder, '1c')} is missing: the SR model has not finished; run rehrseg_train_sr --continue."
-        )
+    if not os.path.isfile(final_checkpoint(model_folder, SR_STAGE)):
+        raise RehrsegInputError(f"{final_checkpoint(model_folder, SR_STAGE)} is missing: the SR model has not "
+                                f"finished; run rehrseg_train_sr --continue.")
     check_model_matches_dataset(config, source, model_folder)
     jobs = [CaseJob(case, "Tr") for case in source.training] + [CaseJob(case, "Ts") for case in source.test]
     for job in jobs:
         if job.split == "Tr" and not os.path.isfile(job.case.label_file):
-            raise RehrsegInputError(f"{job.case.label_file} is missing: case '{job.case.identifier}' has no label; add it.")
+            raise RehrsegInputError(f"{job.case.label_file} is missing: case '{job.case.identifier}' has no label; "
+                                    f"add it.")
         check_case_geometry(config, job, model_folder)
     folder = target_folder_for(source, int(target_id))
     mine = jobs[part_id::num_parts]
     todo = [job for job in mine
             if overwrite or not is_complete(expected_files(folder, job, source.num_channels, source.file_ending))]
-    skipped = len(mine) - len(todo)
     validate_cases(todo, source)  # every case this run will write, read and checked before anything is written
+    return PseudoHRWork(source, config, model_folder, folder, todo, len(mine) - len(todo))
 
-    os.makedirs(folder, exist_ok=True)
-    remove_stale_temporaries(folder)
-    write_dataset_json(folder, source, config, model_folder)
-    seconds = []
-    started = time.perf_counter()
-    bar = tqdm(total=len(todo), desc="pseudo-HR cases", unit="case", dynamic_ncols=True)
-    try:
+
+def write_cases(work: PseudoHRWork, device: str | None, num_processes: int) -> None:
+    """Super-resolve and write every case of ``work``, in this process or in a pool of ``num_processes``."""
+    arguments = [(job, work.folder, work.source.file_ending, work.source.num_channels) for job in work.todo]
+    with tqdm(total=len(work.todo), desc="pseudo-HR cases", unit="case", dynamic_ncols=True) as bar:
         if num_processes <= 1:
-            _init_worker(model_folder, device, None)
-            for job in todo:
-                seconds.append(process_case(job, folder, source.file_ending, source.num_channels))
+            _init_worker(work.model_folder, device, None)
+            for case_arguments in arguments:
+                process_case(*case_arguments)
                 bar.update(1)
-        else:
-            threads = max(1, (os.cpu_count() or 1) // num_processes)
-            context = multiprocessing.get_context("spawn")
-            with context.Pool(num_processes, initializer=_init_worker, initargs=(model_folder, device, threads)) as pool:
-                results = [pool.apply_async(process_case, (job, folder, source.file_ending, source.num_channels))
-                           for job in todo]
-                for result in results:
-                    seconds.append(result.get())
-                    bar.update(1)
-    finally:
-        bar.close()
-        remove_stale_temporaries(folder)
-    wall = time.perf_counter() - started
-    summary = {"folder": folder, "written": len(todo), "skipped": skipped,
-               "seconds_per_case": wall / len(todo) if todo else 0.0}
-    print(f"rehrseg_make_pseudohr: {len(todo)} case(s) written, {skipped} skipped (complete), "
-          f"{summary['seconds_per_case']:.1f} s per case -> {folder}")
-    return summary
+            return
+        threads = max(1, (os.cpu_count() or 1) // num_processes)
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(num_processes, initializer=_init_worker,
+                          initargs=(work.model_folder, device, threads)) as pool:
+            for result in [pool.apply_async(process_case, case_arguments) for case_arguments in arguments]:
+                result.get()
+                bar.update(1)

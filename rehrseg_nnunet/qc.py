@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from rehrseg_nnunet.geometry import Grid, numpy_axis
+
 
 @dataclass
 class Panel:
@@ -25,12 +27,12 @@ def through_plane(image: sitk.Image, reference: sitk.Image, slice_axis: int, pos
     The plane is perpendicular to the first in-plane axis, at index ``position`` of it; rows run
     along the slice axis (flipped so that the slice axis points up).
     """
-    if image.GetSize() != reference.GetSize() or not np.allclose(image.GetSpacing(), reference.GetSpacing()):
+    if not Grid.from_image(image).matches(Grid.from_image(reference)):
         image = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0)
     array = sitk.GetArrayViewFromImage(image)  # (z, y, x); a view: no copy of the whole volume
-    cut_axis = 2 - [a for a in range(3) if a != slice_axis][0]
+    cut_axis = numpy_axis([a for a in range(3) if a != slice_axis][0])
     plane = np.take(array, position, axis=cut_axis)  # 2D, slice axis remains
-    slice_dim = 0 if (2 - slice_axis) < cut_axis else 1
+    slice_dim = 0 if numpy_axis(slice_axis) < cut_axis else 1
     if slice_dim == 1:
         plane = plane.T
     return plane[::-1]
@@ -59,7 +61,7 @@ def save_qc_png(path: str, panels: list[Panel], slice_axis: int, position: int |
             if panel.label is not None and panel.label.GetSize() == reference.GetSize():
                 array = sitk.GetArrayViewFromImage(panel.label)
                 if array.any():
-                    position = int(round(np.argwhere(array > 0)[:, 2 - in_plane].mean()))
+                    position = int(round(np.argwhere(array > 0)[:, numpy_axis(in_plane)].mean()))
                 break
     spacing = reference.GetSpacing()
     other = [a for a in range(3) if a not in (slice_axis, in_plane)][0]
@@ -69,7 +71,7 @@ def save_qc_png(path: str, panels: list[Panel], slice_axis: int, position: int |
     figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.6 * rows), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
-    for ax, panel in zip(axes.flat, panels):
+    for ax, panel in zip(axes.flat, panels, strict=False):  # axes.flat may hold spare axes
         plane = through_plane(panel.image, reference, slice_axis, position)
         if panel.value_range is None:
             low, high = np.percentile(plane, (0.5, 99.5))  # a few hot voxels must not wash out the view

@@ -10,7 +10,7 @@ move smoothly between slices. The HR grid is the cell-centred refinement of
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import SimpleITK as sitk

@@ -55,7 +55,8 @@ def write_thick_slice_dataset(raw_root: str, dataset_id: int = 501, name: str = 
         for channel in range(channels):
             out = lr_image if channel == 0 else sitk.Cast(lr_image * (1.5 + channel), sitk.sitkFloat32)
             sitk.WriteImage(out, os.path.join(folder, "imagesTr", f"{identifier}_{channel:04d}{file_ending}"))
-        sitk.WriteImage(sitk.Cast(lr_label, sitk.sitkUInt8), os.path.join(folder, "labelsTr", f"{identifier}{file_ending}"))
+        sitk.WriteImage(sitk.Cast(lr_label, sitk.sitkUInt8),
+                        os.path.join(folder, "labelsTr", f"{identifier}{file_ending}"))
     with open(os.path.join(folder, "dataset.json"), "w") as handle:
         json.dump({"channel_names": {str(c): f"T{c + 1}" for c in range(channels)},
                    "labels": {"background": 0, "shell": 1, "core": 2},

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from rehrseg_nnunet.evaluation import auroc
+from rehrseg_nnunet.image_quality import auroc
 from rehrseg_nnunet.sr.background import background_value, hr_background_mask, restore_source_intensities
 
 

@@ -7,12 +7,12 @@ test_evaluate, test_rehrseg_pipeline, test_fine_tuning); every one is marked ``b
 
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
 from conftest import assert_one_line_error, console_script, run_script, tree_digest
 from phantoms import write_thick_slice_dataset
 
@@ -136,3 +136,19 @@ def test_train_sr_ctrl_c_says_how_to_resume_and_continue_finishes(raw, tmp_path)
     rerun = run_script("rehrseg_train_sr", [*args, "--continue"], {"nnUNet_raw": str(raw)})
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert (model / "stage_1c" / "checkpoint_final.pth").is_file()
+
+
+def test_stale_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    from rehrseg_nnunet.file_writing import remove_stale_temporary_files
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stage = tmp_path / "stage_1b"
+    stage.mkdir()
+    stale = stage / f"checkpoint_latest.pth.{dead.pid}.tmp"
+    live = stage / f"checkpoint_latest.pth.{os.getpid()}.tmp"
+    other = stage / "notes.1.txt"
+    for path in (stale, live, other):
+        path.write_bytes(b"x")
+    assert remove_stale_temporary_files(str(tmp_path)) == 1
+    assert not stale.exists() and live.exists() and other.exists()

@@ -4,8 +4,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from rehrseg_nnunet.degradation import (added_blur_fwhm, degradation_matrix, degrade_axis, labels_to_lr,
-                                        profile_fwhm, simulate_thick_slices, slice_profile)
+from rehrseg_nnunet.degradation import (
+    added_blur_fwhm,
+    degradation_matrix,
+    degrade_axis,
+    labels_to_lr,
+    profile_fwhm,
+    simulate_thick_slices,
+    slice_profile,
+)
 
 
 def measured_fwhm(fwhm: float, kind: str) -> float:

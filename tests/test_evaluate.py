@@ -287,3 +287,11 @@ def test_cli_refuses_a_truncated_prediction(folders):
     last = result.stderr.strip().splitlines()[-1]  # after the progress bar
     assert "Traceback" not in result.stderr and "b.nii.gz" in last and "truncated" in last, last
     assert not (prediction / "summary_rehrseg.json").exists()
+
+
+def test_rehrseg_evaluate_does_not_import_scikit_image():
+    # the SR image-quality metrics (SSIM from scikit-image) live in rehrseg_nnunet.image_quality
+    code = ("import sys; import rehrseg_nnunet.cli.evaluate, rehrseg_nnunet.evaluation; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'skimage'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
 from conftest import assert_ok, assert_one_line_error, run_script
+
 from rehrseg_nnunet.training import EXT_TRAINER_FOLDER
 
 pytestmark = pytest.mark.slow
@@ -156,7 +156,8 @@ def test_validation_prediction_and_export_work_without_the_sr_model(fine_tuned):
         installed = {**env, "nnUNet_results": str(fine_tuned["root"] / "installed_results")}
         assert_ok(run_script("nnUNetv2_install_pretrained_model_from_zip", [str(archive)], installed))
         by_install = fine_tuned["root"] / "pred_installed"
-        assert_ok(run_script("rehrseg_predict", [*common, "-o", str(by_install), "-d", "616", "-tr", TRAINER], installed))
+        assert_ok(run_script("rehrseg_predict", [*common, "-o", str(by_install), "-d", "616", "-tr", TRAINER],
+                             installed))
         assert_ok(run_script("nnUNetv2_train", ["616", "3d_fullres", "all", "-tr", TRAINER, "-p", "REHRSegPlans",
                                                 "-device", "cpu", "--val"], installed))
     finally:
@@ -180,7 +181,8 @@ def test_fold_0_of_two_cases_is_one_line(fine_tuned):
 
 def test_short_schedules_write_a_checkpoint_every_epoch(fine_tuned, monkeypatch):
     """So that --c after an interruption continues from the last epoch, never from checkpoint_best."""
-    from rehrseg_nnunet.training.trainer import REHRSegTrainer, REHRSegTrainer_cpu, REHRSegTrainer_debug
+    from rehrseg_nnunet.training.trainer import REHRSegTrainer
+    from rehrseg_nnunet.training.variants import REHRSegTrainer_cpu, REHRSegTrainer_debug
 
     for key, value in fine_tuned["env"].items():
         monkeypatch.setenv(key, value)
@@ -190,7 +192,8 @@ def test_short_schedules_write_a_checkpoint_every_epoch(fine_tuned, monkeypatch)
     every = {}
     for trainer in (REHRSegTrainer, REHRSegTrainer_debug, REHRSegTrainer_cpu):
         # nnU-Net 2.8.1's trainer pops this flag from the plans (nnUNetv2_train sets it)
-        instance = trainer({**plans, "continue_training": False}, "3d_fullres", "all", dataset_json, torch.device("cpu"))
+        instance = trainer({**plans, "continue_training": False}, "3d_fullres", "all", dataset_json,
+                           torch.device("cpu"))
         every[trainer.__name__] = instance.save_every
     assert every == {"REHRSegTrainer": 50, "REHRSegTrainer_debug": 1, "REHRSegTrainer_cpu": 1}
 
@@ -210,7 +213,7 @@ def test_resized_plans_build_a_working_unet_of_the_asked_size(fine_tuned):
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from rehrseg_nnunet.planning import write_resized_plans
+    from rehrseg_nnunet.resized_plans import write_resized_plans
 
     folder = os.path.join(fine_tuned["env"]["nnUNet_preprocessed"], "Dataset502_Phantom")
     path = write_resized_plans(folder, [4, 32, 32], base_features=8, max_features=24, batch_size=3,
@@ -231,7 +234,7 @@ def test_resized_plans_build_a_working_unet_of_the_asked_size(fine_tuned):
 
 
 def test_resized_plans_without_the_mask_normalisation_get_their_own_data(fine_tuned):
-    from rehrseg_nnunet.planning import resized_plans
+    from rehrseg_nnunet.resized_plans import resized_plans
 
     folder = os.path.join(fine_tuned["env"]["nnUNet_preprocessed"], "Dataset502_Phantom")
     with open(os.path.join(folder, "nnUNetPlans.json")) as handle:

@@ -10,7 +10,6 @@ import time
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import PHANTOM_DIRECTION, PHANTOM_ORIGIN, console_script, run_script, tree_digest
 from phantoms import write_thick_slice_dataset
 
@@ -23,7 +22,8 @@ def raw_copy(tmp_path, trained_sr_model):
     shutil.copytree(os.path.join(trained_sr_model["raw"], "Dataset502_Phantom"), source)
     (source / "imagesTs").mkdir()
     for channel in range(2):
-        shutil.copy(source / "imagesTr" / f"case001_{channel:04d}.nii.gz", source / "imagesTs" / f"test000_{channel:04d}.nii.gz")
+        shutil.copy(source / "imagesTr" / f"case001_{channel:04d}.nii.gz",
+                    source / "imagesTs" / f"test000_{channel:04d}.nii.gz")
     return {"raw": raw, "source": source, "model": trained_sr_model["model"],
             "env": {"nnUNet_raw": str(raw), "nnUNet_results": str(tmp_path / "results"),
                     "nnUNet_preprocessed": str(tmp_path / "preprocessed")}}
@@ -57,14 +57,16 @@ def test_pseudohr_dataset_geometry_values_and_metadata(raw_copy):
         for channel, image in enumerate(images):
             # each channel, averaged back onto the thick slices, reproduces its own source channel
             # (channel 1 is 2.5 x channel 0 in the source, so a swapped channel gives a slope of 2.5 or 0.4)
-            lr = sitk.GetArrayFromImage(sitk.ReadImage(str(raw_copy["source"] / "imagesTr" / f"{case}_{channel:04d}.nii.gz")))
+            lr = sitk.GetArrayFromImage(
+                sitk.ReadImage(str(raw_copy["source"] / "imagesTr" / f"{case}_{channel:04d}.nii.gz")))
             pooled = sitk.GetArrayFromImage(image).reshape(12, 4, 48, 48).mean(1)
             slope = np.polyfit(lr.ravel(), pooled.ravel(), 1)[0]
             assert np.corrcoef(lr.ravel(), pooled.ravel())[0, 1] > 0.9 and 0.8 < slope < 1.25, (channel, slope)
         u = sitk.GetArrayFromImage(uncertainty)
         assert u.dtype == np.float32 and u.min() >= 0 and u.max() <= 1
         assert (target / "qc" / f"{case}.png").stat().st_size > 1000
-    assert (target / "imagesTs" / "test000_0001.nii.gz").is_file() and (target / "uncertaintyTs" / "test000.nii.gz").is_file()
+    assert (target / "imagesTs" / "test000_0001.nii.gz").is_file() and \
+        (target / "uncertaintyTs" / "test000.nii.gz").is_file()
     assert not (target / "labelsTs").exists()
     meta = json.loads((target / "dataset.json").read_text())
     assert meta["numTraining"] == 2 and meta["labels"] == {"background": 0, "shell": 1, "core": 2}
@@ -288,7 +290,8 @@ def test_dataset_names_and_ids_cannot_escape(raw_copy):
              (["-d", "502", "-o", "1950"], "nnU-Net ids run from 1 to 999"),
              (["-d", "502", "-o", "-5"], "nnU-Net ids run from 1 to 999")]
     for args, fragment in cases:
-        result = run_script("rehrseg_make_pseudohr", [*args, "-m", raw_copy["model"], "-device", "cpu"], raw_copy["env"])
+        result = run_script("rehrseg_make_pseudohr", [*args, "-m", raw_copy["model"], "-device", "cpu"],
+                            raw_copy["env"])
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert fragment in result.stderr.strip().splitlines()[-1], result.stderr
     assert sorted(os.listdir(raw_copy["raw"])) == before

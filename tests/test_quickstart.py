@@ -34,19 +34,22 @@ def test_quickstart_runs_end_to_end(tmp_path):
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
     for index in range(1, 9):
         assert f"[{index}/8]" in result.stdout
-    for row in ("REHRSeg (REHRSegTrainer_cpuSmoke, fine-tuned)", "nnU-Net 4 mm (nnUNetTrainer_cpuSmoke4epochs) + shape-based",
+    for row in ("REHRSeg (REHRSegTrainer_cpuSmoke, fine-tuned)",
+                "nnU-Net 4 mm (nnUNetTrainer_cpuSmoke4epochs) + shape-based",
                 "thick-slice labels upsampled (reference)"):
         assert row in result.stdout
 
     # REHRSeg was fine-tuned from the thick-slice nnU-Net, at the fine-tuning rate
     results = work / "nnUNet_results"
     log = "".join(p.read_text() for p in (results / "Dataset991_MNIThickPseudoHR" /
-                                          "REHRSegTrainer_cpuSmoke__REHRSegPlans__3d_fullres" / "fold_all").glob("training_log_*.txt"))
+                                          "REHRSegTrainer_cpuSmoke__REHRSegPlans__3d_fullres" /
+                                          "fold_all").glob("training_log_*.txt"))
     lr_checkpoint = results / "Dataset990_MNIThick" / "nnUNetTrainer_cpuSmoke__nnUNetPlansCPU__3d_fullres" / \
         "fold_all" / "checkpoint_final.pth"
     assert f"fine-tuning from {lr_checkpoint}: initial lr 0.001" in log
     assert re.search(r"Current learning rate: 0\.001\s*$", log, re.MULTILINE)
-    baseline = results / "Dataset990_MNIThick" / "nnUNetTrainer_cpuSmoke4epochs__nnUNetPlansCPU__3d_fullres" / "fold_all"
+    baseline = results / "Dataset990_MNIThick" / "nnUNetTrainer_cpuSmoke4epochs__nnUNetPlansCPU__3d_fullres" / \
+        "fold_all"
     assert (baseline / "checkpoint_final.pth").is_file()
 
     # the HR segmentation of the held-out 4 mm input: 4x the slices at 1 mm, origin 1.5 mm below the LR one; the

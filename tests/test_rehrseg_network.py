@@ -8,9 +8,9 @@ import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 
+from rehrseg_nnunet.errors import RehrsegInputError
 from rehrseg_nnunet.losses import cosine_distillation, structural_distillation, uncertainty_weighted_ce
 from rehrseg_nnunet.network import REHRSegUNet, pool_thick_slices, slice_upsampled_conv
-from rehrseg_nnunet.errors import RehrsegInputError
 from rehrseg_nnunet.training.fine_tuning import LOADED_ATTRIBUTE, inner_unet_keys, load_lr_weights
 
 UNET_KWARGS = dict(
@@ -43,7 +43,7 @@ def test_hr_head_conv_on_the_lr_grid_equals_conv_of_the_upsampled_map(shape, hr_
     upstream = torch.randn_like(reference)
     expected = torch.autograd.grad((reference * upstream).sum(), [features, conv.weight, conv.bias])
     got = torch.autograd.grad((fast * upstream).sum(), [features, conv.weight, conv.bias])
-    for a, b in zip(got, expected):
+    for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
@@ -63,7 +63,7 @@ def test_lr_logits_equal_plain_conv_unet_on_the_pooled_patch(deep_supervision):
         upstream = plain(pool_thick_slices(x, r))
     ours, upstream = (ours, upstream) if deep_supervision else ([ours], [upstream])
     assert len(ours) == len(upstream)
-    for a, b in zip(ours, upstream):
+    for a, b in zip(ours, upstream, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -146,7 +146,7 @@ def test_pretrained_weights_load_every_inner_unet_tensor(tmp_path):
 def test_no_hr_head_variant_upsamples_the_lr_logits():
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from rehrseg_nnunet.training.trainer import REHRSegTrainer_noHRHead
+    from rehrseg_nnunet.training.variants import REHRSegTrainer_noHRHead
 
     kwargs = {k: v for k, v in UNET_KWARGS.items() if k not in ("input_channels", "num_classes")}
     requires_import = ["conv_op", "norm_op", "nonlin"]

@@ -13,9 +13,8 @@ import subprocess
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import PHANTOM_DIRECTION, PHANTOM_ORIGIN, assert_ok, assert_one_line_error, console_script, run_script
 
-from conftest import (PHANTOM_DIRECTION, PHANTOM_ORIGIN, assert_ok, assert_one_line_error, console_script,
-                      run_script)
 from rehrseg_nnunet.training import EXT_TRAINER_FOLDER
 
 pytestmark = pytest.mark.slow
@@ -55,7 +54,8 @@ def pipeline(tmp_path_factory, trained_sr_model):
 
 
 def test_plans_describe_the_lr_topology_and_hr_patch(pipeline):
-    plans = json.loads((pipeline["root"] / "preprocessed" / "Dataset612_PhantomPseudoHR" / "REHRSegPlans.json").read_text())
+    plans = json.loads(
+        (pipeline["root"] / "preprocessed" / "Dataset612_PhantomPseudoHR" / "REHRSegPlans.json").read_text())
     config = plans["configurations"]["3d_fullres"]
     assert config["architecture"]["network_class_name"] == "rehrseg_nnunet.network.REHRSegUNet"
     assert config["patch_size"] == [16, 32, 32] and config["rehrseg"]["lr_patch_size"] == [4, 32, 32]
@@ -129,6 +129,14 @@ def test_bad_input_gives_one_clear_line(pipeline):
     _copy_preprocessed(pipeline, 614, lambda d: d["rehrseg"].update(sr_model_folder="/nonexistent/sr_model"))
     assert_one_line_error(run_script("nnUNetv2_train", ["614", *args, "-p", "REHRSegPlans"], env),
                           "/nonexistent/sr_model", "noDistill")
+    # a dataset.json whose stage contract disagrees with the plans' copy (r edited after planning)
+    _copy_preprocessed(pipeline, 615, lambda d: d["rehrseg"].update(scale_factor=2))
+    assert_one_line_error(run_script("nnUNetv2_train", ["615", *args, "-p", "REHRSegPlans"], env),
+                          "says r = 2, 4 mm slices along z but plans 'REHRSegPlans'", "says r = 4", "rehrseg_plan")
+    # an SR model folder whose stage-1c checkpoint is not the one that made the dataset
+    _copy_preprocessed(pipeline, 616, lambda d: d["rehrseg"].update(sr_checkpoint_sha256="0" * 64))
+    assert_one_line_error(run_script("nnUNetv2_train", ["616", *args, "-p", "REHRSegPlans"], env),
+                          "is not the SR network that made this dataset", "rehrseg_make_pseudohr")
     # rehrseg_predict on a model that was not trained with REHRSeg
     stock_like = pipeline["root"] / "results" / "Dataset612_PhantomPseudoHR" / "StockTrainer__REHRSegPlans__3d_fullres"
     shutil.copytree(pipeline["model"], stock_like)
@@ -160,7 +168,8 @@ def test_inputs_the_model_was_not_trained_for_are_refused(pipeline, tmp_path):
         assert not (tmp_path / f"out_{name}").exists()
         # stock nnUNetv2_predict with the REHRSeg model checks the same (nnU-Net itself creates -o first)
         stock = run_script("nnUNetv2_predict", ["-i", str(folder), "-o", str(tmp_path / f"stock_{name}"),
-                                                *PREDICT_FLAGS], {**pipeline["env"], "nnUNet_extTrainer": EXT_TRAINER_FOLDER})
+                                                *PREDICT_FLAGS],
+                           {**pipeline["env"], "nnUNet_extTrainer": EXT_TRAINER_FOLDER})
         assert_one_line_error(stock, "nnUNetv2_predict: error:", "odd_0000.nii.gz", "slices along z")
         stock_output = tmp_path / f"stock_{name}"
         assert not stock_output.exists() or not any(stock_output.iterdir())
@@ -216,8 +225,9 @@ def _with_spacing(image, spacing):
 
 @pytest.mark.bad_input
 def test_every_voxel_is_covered_when_the_slices_are_not_a_multiple_of_the_window_step(pipeline, tmp_path):
-    """4.3 mm slices (accepted: 4.3 / 1 mm rounds to r = 4) on a 1 mm model grid: 4.3 n HR slices (39, 43, 47), not a multiple of r;
-    the last window must still reach the end (else its logits stay NaN and export as background)."""
+    """4.3 mm slices (accepted: 4.3 / 1 mm rounds to r = 4) on a 1 mm model grid: 4.3 n HR slices (39, 43, 47),
+    not a multiple of r; the last window must still reach the end (else its logits stay NaN and export as
+    background)."""
     source = pipeline["raw"] / "Dataset502_Phantom" / "imagesTr"
     folder = tmp_path / "inputs"
     folder.mkdir()

@@ -13,8 +13,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def ball(shape, centre, radius_mm, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
-    grids = np.meshgrid(*[(np.arange(n) + 0.5) * s for n, s in zip(shape, spacing)], indexing="ij")
-    return sum((g - c) ** 2 for g, c in zip(grids, centre)) <= radius_mm ** 2
+    grids = np.meshgrid(*[(np.arange(n) + 0.5) * s for n, s in zip(shape, spacing, strict=True)], indexing="ij")
+    return sum((g - c) ** 2 for g, c in zip(grids, centre, strict=True)) <= radius_mm ** 2
 
 
 @pytest.mark.parametrize("radius", [6.0, 8.0, 12.0, 20.0])

@@ -9,7 +9,6 @@ import time
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import console_script, run_script, tree_digest
 from phantoms import write_thick_slice_dataset
 
@@ -96,6 +95,8 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     process.wait()
     assert latest.exists(), "stage 1b never wrote a checkpoint"
     assert not (model / "stage_1b" / "checkpoint_final.pth").exists(), "the run finished before it was killed"
+    # as if the kill had landed while a checkpoint was being written (it sometimes does)
+    (model / "stage_1b" / f"checkpoint_latest.pth.{process.pid}.tmp").write_bytes(b"partial")
     result = run_script("rehrseg_train_sr", args + ["--continue"], {"nnUNet_raw": str(raw)})
     assert result.returncode == 0, result.stderr[-2000:]
     log = (model / "training_log.txt").read_text()
@@ -193,7 +194,8 @@ def test_2d_images_are_rejected(tmp_path):
 @pytest.mark.parametrize("spacing, expected", [((1.0, 1.0, 3.0), "scale factor 3"), ((4.0, 1.0, 1.0), "slice axis")])
 def test_cases_disagreeing_on_r_or_slice_axis_are_rejected(tmp_path, spacing, expected):
     def mutate(folder):
-        for path in (os.path.join(folder, "imagesTr", "case001_0000.nii.gz"), os.path.join(folder, "labelsTr", "case001.nii.gz")):
+        for path in (os.path.join(folder, "imagesTr", "case001_0000.nii.gz"),
+                     os.path.join(folder, "labelsTr", "case001.nii.gz")):
             _rewrite(path, _set_spacing(spacing))
     line = _bad(tmp_path, mutate)
     assert "case001_0000.nii.gz" in line and expected in line

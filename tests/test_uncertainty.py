@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from phantoms import phantom_hr, write_thick_slice_dataset
 from scipy import ndimage
 
-from phantoms import phantom_hr, write_thick_slice_dataset
 from rehrseg_nnunet.degradation import simulate_thick_slices
 from rehrseg_nnunet.sr.config import SRConfig
 from rehrseg_nnunet.sr.infer import SuperResolver, load_stage_network
-from rehrseg_nnunet.sr.train import train_sr
+from rehrseg_nnunet.sr.train import SRTrainingOptions, train_sr
 
 R = 4
 MARGIN = 6
@@ -30,7 +30,8 @@ def learned_model(tmp_path_factory):
     write_thick_slice_dataset(str(raw), dataset_id=511, num_cases=2, r=R, background_margin=MARGIN)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("nnUNet_raw", str(raw))
-        model = train_sr("511", str(root / "model"), "cpu", steps=[300, 150, 400], save_every=1000)
+        options = SRTrainingOptions(output=str(root / "model"), device="cpu", steps=(300, 150, 400), save_every=1000)
+        model = train_sr("511", options)
     return model
 
 

@@ -7,8 +7,8 @@ import json
 import os
 
 from rehrseg_nnunet.cli.common import run_cli
-from rehrseg_nnunet.dataset_io import write_json_atomically
 from rehrseg_nnunet.errors import RehrsegInputError
+from rehrseg_nnunet.file_writing import write_json_atomically
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,19 +68,20 @@ def write_json(summary: dict, output: str) -> None:
     write_json_atomically(output, summary)
 
 
+def run(args: argparse.Namespace) -> None:
+    """rehrseg_evaluate with parsed arguments."""
+    from rehrseg_nnunet.evaluation import evaluate_folders, format_table
+    labels, file_ending = labels_and_ending(args)
+    summary = evaluate_folders(reference_folder=args.reference, prediction_folder=args.prediction, labels=labels,
+                               file_ending=file_ending, resample_to_reference=args.resample_to_reference)
+    output = args.output or os.path.join(args.prediction, "summary_rehrseg.json")
+    write_json(summary, output)
+    print(format_table(summary))
+    print(f"summary: {output}")
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-
-    def body() -> None:
-        from rehrseg_nnunet.evaluation import evaluate_folders, format_table
-        labels, file_ending = labels_and_ending(args)
-        summary = evaluate_folders(args.reference, args.prediction, labels, file_ending, args.resample_to_reference)
-        output = args.output or os.path.join(args.prediction, "summary_rehrseg.json")
-        write_json(summary, output)
-        print(format_table(summary))
-        print(f"summary: {output}")
-
-    run_cli("rehrseg_evaluate", body, "run it again (nothing was written)")
+    run_cli("rehrseg_evaluate", lambda: run(build_parser().parse_args(argv)), "run it again (nothing was written)")
 
 
 if __name__ == "__main__":

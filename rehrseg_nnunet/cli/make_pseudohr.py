@@ -36,15 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run(args: argparse.Namespace) -> None:
+    """rehrseg_make_pseudohr with parsed arguments."""
+    from rehrseg_nnunet.pseudohr import make_pseudohr
+    make_pseudohr(source_dataset=args.dataset, target_id=args.target_id, model_folder=args.model,
+                  device=args.device, part_id=args.part_id, num_parts=args.num_parts,
+                  num_processes=args.num_processes, overwrite=args.overwrite)
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-
-    def body() -> None:
-        from rehrseg_nnunet.pseudohr import make_pseudohr
-        make_pseudohr(args.dataset, args.target_id, args.model, args.device, args.part_id, args.num_parts,
-                      args.num_processes, args.overwrite)
-
-    run_cli("rehrseg_make_pseudohr", body, "run it again: complete cases are skipped")
+    run_cli("rehrseg_make_pseudohr", lambda: run(build_parser().parse_args(argv)),
+            "run it again: complete cases are skipped")
 
 
 if __name__ == "__main__":

@@ -34,11 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("-d", default=None, help="dataset id or name the model was trained on (the pseudo-HR dataset)")
     model.add_argument("-tr", default="REHRSegTrainer", help="trainer class (default REHRSegTrainer)")
     model.add_argument("-p", default="REHRSegPlans", help="plans identifier (default REHRSegPlans)")
-    model.add_argument("-c", default="3d_fullres", help="configuration (default 3d_fullres, the only one REHRSeg plans)")
+    model.add_argument("-c", default="3d_fullres", help="configuration (default 3d_fullres, the only one REHRSeg "
+                                                        "plans)")
     model.add_argument("-m", default=None, metavar="MODEL_FOLDER",
                        help="trained model folder (TRAINER__PLANS__CONFIG, holding fold_X/), instead of -d/-tr/-p/-c")
-    parser.add_argument("-f", nargs="+", default=["0", "1", "2", "3", "4"], help="folds to ensemble (default 0 1 2 3 4; "
-                        "'all' for a model trained on fold all)")
+    parser.add_argument("-f", nargs="+", default=["0", "1", "2", "3", "4"], help="folds to ensemble (default 0 1 2 3 "
+                        "4; 'all' for a model trained on fold all)")
     parser.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint name (default checkpoint_final.pth)")
     parser.add_argument("-step_size", type=float, default=0.5, help="sliding-window step as a fraction of the patch "
                         "(default 0.5; along the slice axis rounded to whole thick slices, see above)")
@@ -99,22 +100,22 @@ def model_folder(args: argparse.Namespace) -> str:
     return folder
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> None:
+    """rehrseg_predict with parsed arguments."""
     if args.m and args.d:
         build_parser().error("pass the model either as -m MODEL_FOLDER or as -d/-tr/-p/-c, not both")
     if not args.m and not args.d:
         build_parser().error("name the model: -d DATASET (with -tr/-p/-c when not the defaults) or -m MODEL_FOLDER")
+    from rehrseg_nnunet.predict import check_prediction_inputs, check_rehrseg_model, run_nnunet_prediction
 
-    def body() -> None:
-        from rehrseg_nnunet.predict import check_prediction_inputs, check_rehrseg_model, run_nnunet_prediction
+    folder = model_folder(args)
+    check_rehrseg_model(folder)
+    check_prediction_inputs(args.i, folder, args.c)
+    run_nnunet_prediction(nnunet_argv(args), from_model_folder=bool(args.m))
 
-        folder = model_folder(args)
-        check_rehrseg_model(folder)
-        check_prediction_inputs(args.i, folder, args.c)
-        run_nnunet_prediction(nnunet_argv(args), from_model_folder=bool(args.m))
 
-    run_cli("rehrseg_predict", body)
+def main(argv: list[str] | None = None) -> None:
+    run_cli("rehrseg_predict", lambda: run(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-device", default=None, choices=["cuda", "mps", "cpu"],
                         help="torch device (default: cuda > mps > cpu, whichever is available)")
     parser.add_argument("--preset", default="small", choices=sorted(PRESETS),
-                        help="network size and schedule: small trains on 2 CPU cores in minutes; paper = the authors' sizes")
+                        help="network size and schedule: small trains on 2 CPU cores in minutes; paper = the authors' "
+                             "sizes")
     parser.add_argument("--scale-factor", type=int, default=None,
                         help="r, the number of HR slices per thick slice (default: round(slice / in-plane spacing))")
     parser.add_argument("--slice-axis", default=None,
@@ -34,23 +35,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--continue", dest="resume", action="store_true",
                         help="resume an interrupted training from its last checkpoint")
     parser.add_argument("--init-flavr", default=None,
-                        help="FLAVR 4x video-interpolation checkpoint to initialise stage 1b (stem/output re-initialised)")
+                        help="FLAVR 4x video-interpolation checkpoint to initialise stage 1b (stem/output "
+                             "re-initialised)")
     parser.add_argument("--profile", default="gaussian", choices=["gaussian", "box"],
                         help="slice profile used to simulate thick slices in training pairs")
     parser.add_argument("--save-every", type=int, default=100, help="checkpoint interval in steps")
     return parser
 
 
+def run(args: argparse.Namespace) -> None:
+    """rehrseg_train_sr with parsed arguments."""
+    from rehrseg_nnunet.sr.train import SRTrainingOptions, train_sr
+    options = SRTrainingOptions(
+        output=args.output, device=args.device, preset=args.preset, scale_factor=args.scale_factor,
+        slice_axis=parse_slice_axis(args.slice_axis), steps=tuple(args.steps) if args.steps else None,
+        seed=args.seed, resume=args.resume, init_flavr=args.init_flavr, profile=args.profile,
+        save_every=args.save_every, attention_maps=args.attention_maps)
+    train_sr(args.dataset, options)
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-
-    def body() -> None:
-        from rehrseg_nnunet.sr.train import train_sr
-        train_sr(args.dataset, args.output, args.device, args.preset, args.scale_factor,
-                 parse_slice_axis(args.slice_axis), args.steps, args.seed, args.resume, args.init_flavr,
-                 args.profile, args.save_every, attention_maps=args.attention_maps)
-
-    run_cli("rehrseg_train_sr", body, "run it again with --continue to resume")
+    run_cli("rehrseg_train_sr", lambda: run(build_parser().parse_args(argv)), "run it again with --continue to resume")
 
 
 if __name__ == "__main__":

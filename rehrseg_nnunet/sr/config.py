@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -9,8 +10,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from rehrseg_nnunet import __version__
-from rehrseg_nnunet.dataset_io import write_atomically, write_json_atomically
 from rehrseg_nnunet.errors import RehrsegInputError
+from rehrseg_nnunet.file_writing import write_atomically, write_json_atomically
 
 STAGES = ("1a", "1b", "1c")
 CONFIG_FILE = "config.json"
@@ -87,10 +88,11 @@ class SRConfig:
         write_json_atomically(os.path.join(folder, CONFIG_FILE), asdict(self))
 
     @classmethod
-    def load(cls, folder: str) -> "SRConfig":
+    def load(cls, folder: str) -> SRConfig:
         path = os.path.join(folder, CONFIG_FILE)
         if not os.path.isfile(path):
-            raise RehrsegInputError(f"{path} is missing: {folder} is not an SR model folder; run rehrseg_train_sr first.")
+            raise RehrsegInputError(f"{path} is missing: {folder} is not an SR model folder; run rehrseg_train_sr "
+                                    "first.")
         with open(path) as handle:
             data = json.load(handle)
         return cls(**data)
@@ -106,6 +108,15 @@ def final_checkpoint(model_folder: str, stage: str) -> str:
 
 def latest_checkpoint(model_folder: str, stage: str) -> str:
     return os.path.join(stage_dir(model_folder, stage), "checkpoint_latest.pth")
+
+
+def checkpoint_sha256(model_folder: str, stage: str) -> str:
+    """SHA-256 of a stage's final checkpoint: identifies the network that made (and teaches) a pseudo-HR dataset."""
+    digest = hashlib.sha256()
+    with open(final_checkpoint(model_folder, stage), "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def select_device(name: str | None = None) -> torch.device:

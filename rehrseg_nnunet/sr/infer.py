@@ -14,9 +14,9 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from rehrseg_nnunet.dataset_io import case_arrays, check_thick_slice_spacing, from_slice_first
+from rehrseg_nnunet.dataset_io import case_arrays, from_slice_first
 from rehrseg_nnunet.errors import RehrsegInputError
-from rehrseg_nnunet.geometry import Grid
+from rehrseg_nnunet.geometry import Grid, check_thick_slice_spacing
 from rehrseg_nnunet.sr.background import restore_source_intensities
 from rehrseg_nnunet.sr.config import SRConfig, final_checkpoint, select_device
 from rehrseg_nnunet.sr.networks import NUM_FRAMES, PlaneSRNet, SliceInterpolationNet
@@ -98,7 +98,8 @@ def slice_super_resolve(net: SliceInterpolationNet, volume: np.ndarray, device: 
         prior: (C+K, S*r, A, B) stage 1a estimate (image, label probabilities), for ``refine_prior`` networks.
 
     Returns:
-        (image (C, S*r, A, B), class indices (S*r, A, B) uint8 (int16 beyond 256 classes), uncertainty (S*r, A, B); without a UASR
+        (image (C, S*r, A, B), class indices (S*r, A, B) uint8 (int16 beyond 256 classes), uncertainty
+        (S*r, A, B); without a UASR
         head the uncertainty is 1 - the winning class probability).
     """
     net.eval()
@@ -150,7 +151,8 @@ def load_stage_network(model_folder: str, stage: str, device: torch.device) -> t
     """The trained network of a stage from its final checkpoint."""
     path = final_checkpoint(model_folder, stage)
     if not os.path.isfile(path):
-        raise RehrsegInputError(f"{path} is missing: SR stage {stage} has not finished; run rehrseg_train_sr --continue.")
+        raise RehrsegInputError(f"{path} is missing: SR stage {stage} has not finished; run rehrseg_train_sr "
+                                "--continue.")
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     net = _build(checkpoint["network"], checkpoint["network_kwargs"])
     net.load_state_dict(checkpoint["model"])

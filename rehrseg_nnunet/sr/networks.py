@@ -143,7 +143,7 @@ class SliceEncoder(nn.Module):
         strides = (1, 2, 2, 1)
         stages = []
         previous = widths[0]
-        for width, count, stride in zip(widths, blocks, strides):
+        for width, count, stride in zip(widths, blocks, strides, strict=True):
             layers = [ResidualBlock3D(previous, width, stride)]
             layers += [ResidualBlock3D(width, width) for _ in range(count - 1)]
             stages.append(nn.Sequential(*layers))

@@ -23,6 +23,15 @@ def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 @dataclass
+class LRCase:
+    """A thick-slice training case, slice axis first: the image normalised per channel, the label as class indices."""
+
+    identifier: str
+    image: np.ndarray  # (C, S, A, B), normalised per channel
+    labels: np.ndarray  # (S, A, B) class indices
+
+
+@dataclass
 class DegradedVolume:
     """A volume with its copies degraded along the fine axes A (array axis 2) and B (axis 3)."""
 
@@ -35,13 +44,14 @@ class DegradedVolume:
 
     @classmethod
     def build(cls, image: np.ndarray, labels: np.ndarray, scale_factor: int, fwhm: float,
-              kind: ProfileKind) -> "DegradedVolume":
+              kind: ProfileKind) -> DegradedVolume:
         degraded_images = {axis: degrade_axis(image, axis, scale_factor, fwhm, kind) for axis in (2, 3)}
         degraded_labels = {axis: labels_to_lr(labels, axis - 1, scale_factor) for axis in (2, 3)}
         return cls(image, labels, degraded_images, degraded_labels)
 
 
-def _random_flips(rng: np.random.Generator, arrays: list[np.ndarray], spatial_axes: tuple[int, ...]) -> list[np.ndarray]:
+def _random_flips(rng: np.random.Generator, arrays: list[np.ndarray], spatial_axes: tuple[int, ...]
+                  ) -> list[np.ndarray]:
     """Flip all arrays along the same random subset of their last ``len(spatial_axes)`` axes."""
     for offset in spatial_axes:
         if rng.random() < 0.5:
@@ -72,7 +82,7 @@ class PairSampler:
                 if prior is not None:
                     prior[-self.num_classes:] = 1.0 / self.num_classes
             samples.append((network_input, prior, image, labels, label_known))
-        columns = list(zip(*samples))
+        columns = list(zip(*samples, strict=True))
         batch = [np.stack(columns[0])]
         if columns[1][0] is not None:
             batch.append(np.stack(columns[1]).astype(np.float32))

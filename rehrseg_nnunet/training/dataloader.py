@@ -8,8 +8,8 @@ import os
 
 import numpy as np
 import torch
-from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from threadpoolctl import threadpool_limits
 
 from rehrseg_nnunet.errors import RehrsegInputError
@@ -34,18 +34,21 @@ class UncertaintyDataLoader(nnUNetDataLoader):
                 data, seg, _, properties = self._data.load_case(identifier)
                 uncertainty = np.load(uncertainty_file(self._data, identifier), mmap_mode="r")
                 lbs, ubs = self.get_bbox(data.shape[1:], self.get_do_oversample(j), properties["class_locations"])
-                bbox = [[lo, hi] for lo, hi in zip(lbs, ubs)]
+                bbox = [[lo, hi] for lo, hi in zip(lbs, ubs, strict=True)]
                 sample = {
                     "image": torch.from_numpy(crop_and_pad_nd(data, bbox, 0)).float(),
-                    "segmentation": torch.from_numpy(crop_and_pad_nd(seg, bbox, -1, cast_cropped_to=np.int16)).to(torch.int16),
+                    "segmentation": torch.from_numpy(
+                        crop_and_pad_nd(seg, bbox, -1, cast_cropped_to=np.int16)).to(torch.int16),
                     "regression_target": torch.from_numpy(crop_and_pad_nd(uncertainty, bbox, 0).astype(np.float32)),
                 }
                 if self.transforms is not None:
                     sample = self.transforms(**sample)
                 if data_all is None:
                     data_all = torch.empty((self.batch_size, *sample["image"].shape), dtype=torch.float32)
-                    seg_all = torch.empty((self.batch_size, *sample["segmentation"].shape), dtype=sample["segmentation"].dtype)
-                    uncertainty_all = torch.empty((self.batch_size, *sample["regression_target"].shape), dtype=torch.float32)
+                    seg_all = torch.empty((self.batch_size, *sample["segmentation"].shape),
+                                          dtype=sample["segmentation"].dtype)
+                    uncertainty_all = torch.empty((self.batch_size, *sample["regression_target"].shape),
+                                                  dtype=torch.float32)
                 data_all[j] = sample["image"]
                 seg_all[j] = sample["segmentation"]
                 uncertainty_all[j] = sample["regression_target"]

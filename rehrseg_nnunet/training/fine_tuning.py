@@ -63,7 +63,8 @@ def load_lr_weights(network: nn.Module, checkpoint_file: str) -> tuple[int, int]
         raise RehrsegInputError(
             f"{checkpoint_file} does not fit the REHRSeg U-Net: {len(misfits)} of {len(keys)} tensors differ (first "
             f"{first}: {theirs} there, {tuple(own[first].shape)} here); re-plan with the LR model's topology: "
-            f"rehrseg_plan -d DATASET --lr_plans {os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(checkpoint_file))), 'plans.json')}."
+            "rehrseg_plan -d DATASET --lr_plans "
+            f"{os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(checkpoint_file))), 'plans.json')}."
         )
     matching = {k: weights[k] for k in keys if k in weights and weights[k].shape == own[k].shape}
     module.load_state_dict(matching, strict=False)

@@ -18,12 +18,13 @@ class DistillationTeacher(nn.Module):
 
     Args:
         sr_model_folder: output of ``rehrseg_train_sr``.
+        stage: the SR stage that made the pseudo-HR data (its network is the teacher).
         device: where it runs.
     """
 
-    def __init__(self, sr_model_folder: str, device: torch.device):
+    def __init__(self, sr_model_folder: str, stage: str, device: torch.device):
         super().__init__()
-        self.net = load_stage_network(sr_model_folder, "1c", device)
+        self.net = load_stage_network(sr_model_folder, stage, device)
         self.net.requires_grad_(False)
         self.net.eval()
 
@@ -42,11 +43,13 @@ class DistillationTeacher(nn.Module):
         onehot = F.one_hot(lr_label[:, 0].long().clamp(0, num_classes - 1), num_classes).permute(0, 4, 1, 2, 3)
         volume = torch.cat([lr_image, onehot.to(lr_image.dtype)], 1)
         b, c, s, y, x = volume.shape
-        index = (torch.arange(s, device=volume.device)[:, None] + torch.arange(-1, NUM_FRAMES - 1, device=volume.device)).clamp(0, s - 1)
+        offsets = torch.arange(-1, NUM_FRAMES - 1, device=volume.device)
+        index = (torch.arange(s, device=volume.device)[:, None] + offsets).clamp(0, s - 1)
         windows = volume[:, :, index]  # (B, C, S, 4, Y, X)
         windows = windows.permute(0, 2, 1, 3, 4, 5).reshape(b * s, c, NUM_FRAMES, y, x)
-        features = self.net.encode(windows, up_to=FEATURE_LEVEL)[FEATURE_LEVEL][:, :, 1]  # frame 1 of k-1, k, k+1, k+2 is slice k
+        # frame 1 of the window k-1, k, k+1, k+2 is slice k
+        features = self.net.encode(windows, up_to=FEATURE_LEVEL)[FEATURE_LEVEL][:, :, 1]
         return features.view(b, s, *features.shape[1:]).permute(0, 2, 1, 3, 4)
 
-    def train(self, mode: bool = True) -> "DistillationTeacher":
+    def train(self, mode: bool = True) -> DistillationTeacher:
         return super().train(False)  # always frozen, even when the trainer switches modes

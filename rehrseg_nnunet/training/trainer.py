@@ -20,28 +20,32 @@ from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss, get_tp_fp_f
 from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as trainer_module
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
-from torch import autocast, nn
+from torch import autocast
 from torch.profiler import record_function
 
+from rehrseg_nnunet.contract import StageContract
 from rehrseg_nnunet.degradation import labels_to_lr_tensor
-from rehrseg_nnunet.losses import (UncertaintyWeightedCE, cosine_distillation, match_grid,
-                                   structural_distillation)
+from rehrseg_nnunet.errors import RehrsegInputError
+from rehrseg_nnunet.losses import UncertaintyWeightedCE, cosine_distillation, match_grid, structural_distillation
 from rehrseg_nnunet.network import REHRSegUNet, pool_thick_slices
 from rehrseg_nnunet.planning import NETWORK_CLASS, PLANS_NAME
-from rehrseg_nnunet.pseudohr import sr_model_folder
+from rehrseg_nnunet.sr.config import checkpoint_sha256, final_checkpoint
 from rehrseg_nnunet.training.dataloader import UncertaintyDataLoader
-from rehrseg_nnunet.training.fine_tuning import (FINE_TUNING_LR, LOADED_ATTRIBUTE, STATE_KEY,
-                                                 install_pretrained_weights_hook, unwrap)
+from rehrseg_nnunet.training.fine_tuning import (
+    FINE_TUNING_LR,
+    LOADED_ATTRIBUTE,
+    STATE_KEY,
+    install_pretrained_weights_hook,
+    unwrap,
+)
 from rehrseg_nnunet.training.teacher import DistillationTeacher
 
-__all__ = ["REHRSegTrainer", "REHRSegTrainer_noUASR", "REHRSegTrainer_noDistill", "REHRSegTrainer_noHRHead",
-           "REHRSegTrainer_debug", "REHRSegTrainer_noUASR_debug", "REHRSegTrainer_noDistill_debug",
-           "REHRSegTrainer_noHRHead_debug", "REHRSegTrainer_cpu", "REHRSegTrainer_noUASR_cpu",
-           "REHRSegTrainer_noDistill_cpu", "REHRSegTrainer_noHRHead_cpu", "REHRSegTrainer_cpu50epochs",
-           "nnUNetTrainer_cpu", "nnUNetTrainer_cpu16epochs", "REHRSegTrainer_cpuSmoke", "nnUNetTrainer_cpuSmoke",
-           "nnUNetTrainer_cpuSmoke4epochs"]
+__all__ = ["REHRSegTrainer", "fail"]
 
 install_pretrained_weights_hook()
+
+#: nnUNetTrainer.__init__'s default device (nnU-Net records the signature's defaults in its checkpoints)
+DEFAULT_DEVICE = torch.device("cuda")
 
 
 def fail(message: str) -> None:
@@ -58,19 +62,35 @@ class REHRSegTrainer(nnUNetTrainer):
     use_hr_head = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
+                 device: torch.device = DEFAULT_DEVICE):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.rehrseg = dataset_json.get("rehrseg")
-        if not self.rehrseg:
-            fail(f"dataset {self.plans_manager.dataset_name} has no 'rehrseg' block in its dataset.json: it is not a "
-                 f"pseudo-HR dataset; create one with rehrseg_make_pseudohr and train on that.")
         if self.configuration_manager.network_arch_class_name != NETWORK_CLASS:
             fail(f"plans '{self.plans_manager.plans_name}' do not build the REHRSeg network; run rehrseg_plan -d "
                  f"{self.plans_manager.dataset_name} and train with -p {PLANS_NAME}.")
         if self.label_manager.has_regions or self.label_manager.has_ignore_label:
             fail("region-based training and ignore labels are not supported by REHRSegTrainer.")
-        self.scale_factor = int(self.rehrseg["scale_factor"])
+        self.contract = self._checked_contract()
+        self.scale_factor = self.contract.scale_factor
         self.teacher: DistillationTeacher | None = None
+
+    def _checked_contract(self) -> StageContract:
+        """The dataset's stage contract, checked once against the plans' copy and the network's r."""
+        dataset = self.plans_manager.dataset_name
+        plans_source = f"plans '{self.plans_manager.plans_name}' of {dataset}"
+        try:
+            contract = StageContract.from_dataset_json(self.dataset_json, f"the dataset.json of {dataset}")
+            planned = StageContract.from_plans_configuration(self.configuration_manager.configuration,
+                                                             self.plans_manager.transpose_forward, plans_source)
+            if planned is None:
+                raise RehrsegInputError(f"{plans_source} carry no stage contract; run rehrseg_plan -d {dataset}.")
+            contract.check_agrees(planned, f"the dataset.json of {dataset}", plans_source)
+        except RehrsegInputError as error:
+            fail(str(error))
+        network_r = self.configuration_manager.network_arch_init_kwargs.get("scale_factor")
+        if network_r != contract.scale_factor:
+            fail(f"{plans_source} build a network for r = {network_r} but the data have r = {contract.scale_factor}; "
+                 f"re-plan with rehrseg_plan -d {dataset}.")
+        return contract
 
     def on_train_start(self) -> None:
         self.load_teacher()
@@ -82,11 +102,17 @@ class REHRSegTrainer(nnUNetTrainer):
         installed model work without the SR model folder."""
         if not self.use_distillation or self.teacher is not None:
             return
-        folder = sr_model_folder(self.rehrseg)
+        folder = self.contract.resolved_sr_model_folder()
         if not (folder and os.path.isdir(folder)):
             fail(f"the SR model folder {folder} recorded in the dataset's rehrseg block is missing; restore it "
                  f"(distillation needs it) or train REHRSegTrainer_noDistill.")
-        self.teacher = DistillationTeacher(folder, self.device)
+        stage = self.contract.sr_stage or "1c"
+        expected = self.contract.sr_checkpoint_sha256
+        if expected and checkpoint_sha256(folder, stage) != expected:
+            fail(f"{final_checkpoint(folder, stage)} is not the SR network that made this dataset (its SHA-256 "
+                 "differs from the dataset.json's); restore that model, or re-run rehrseg_make_pseudohr with this "
+                 "one.")
+        self.teacher = DistillationTeacher(folder, stage, self.device)
 
     # --- fine-tuning from the LR nnU-Net ----------------------------------------------------------------
     def _start_fine_tuning_if_pretrained(self) -> None:
@@ -138,7 +164,8 @@ class REHRSegTrainer(nnUNetTrainer):
     def do_split(self):
         splits_file = os.path.join(self.preprocessed_dataset_folder_base, "splits_final.json")
         if self.fold != "all" and not os.path.isfile(splits_file):
-            cases = infer_dataset_class(self.preprocessed_dataset_folder).get_identifiers(self.preprocessed_dataset_folder)
+            folder = self.preprocessed_dataset_folder
+            cases = infer_dataset_class(folder).get_identifiers(folder)
             if len(cases) < 5:  # nnU-Net's 5-fold split would fail inside scikit-learn
                 fail(f"{self.plans_manager.dataset_name} has {len(cases)} training case(s), fewer than nnU-Net's 5 "
                      f"folds; train fold 'all' (nnUNetv2_train D 3d_fullres all ...) or write {splits_file}.")
@@ -178,14 +205,15 @@ class REHRSegTrainer(nnUNetTrainer):
         lr_uncertainty = pool_thick_slices(uncertainty, self.scale_factor)
         labels, uncertainties = [lr_label], [lr_uncertainty]
         for scale in (self._lr_deep_supervision_scales() or [])[1:]:
-            size = [int(round(s * f)) for s, f in zip(lr_label.shape[2:], scale)]
+            size = [int(round(s * f)) for s, f in zip(lr_label.shape[2:], scale, strict=True)]
             labels.append(F.interpolate(lr_label.float(), size=size, mode="nearest-exact").to(lr_label.dtype))
             uncertainties.append(F.interpolate(lr_uncertainty, size=size, mode="area"))
         return labels, uncertainties
 
     # --- losses ---------------------------------------------------------------------------------------
     def _build_loss(self):
-        dc_ce = {"batch_dice": self.configuration_manager.batch_dice, "smooth": 1e-5, "do_bg": False, "ddp": self.is_ddp}
+        dc_ce = {"batch_dice": self.configuration_manager.batch_dice, "smooth": 1e-5, "do_bg": False,
+                 "ddp": self.is_ddp}
         self.hr_loss = DC_and_CE_loss(dc_ce, {}, weight_ce=1, weight_dice=1, dice_class=MemoryEfficientSoftDiceLoss)
         lr_loss = UncertaintyWeightedCE() if self.use_uncertainty else \
             DC_and_CE_loss(dc_ce, {}, weight_ce=1, weight_dice=1, dice_class=MemoryEfficientSoftDiceLoss)
@@ -261,133 +289,3 @@ class REHRSegTrainer(nnUNetTrainer):
         tp, fp, fn, _ = get_tp_fp_fn_tn(prediction, target, axes=[0] + list(range(2, output.ndim)))
         return {"loss": loss.detach().cpu().numpy(), "tp_hard": tp.detach().cpu().numpy()[1:],
                 "fp_hard": fp.detach().cpu().numpy()[1:], "fn_hard": fn.detach().cpu().numpy()[1:]}
-
-
-class REHRSegTrainer_noUASR(REHRSegTrainer):
-    """Ablation: unweighted LR loss (CE + Dice)."""
-
-    use_uncertainty = False
-
-
-class REHRSegTrainer_noDistill(REHRSegTrainer):
-    """Ablation: no structural / cosine distillation (no SR teacher needed)."""
-
-    use_distillation = False
-
-
-class REHRSegTrainer_noHRHead(REHRSegTrainer):
-    """Ablation: LR losses only; HR logits at inference are the LR logits upsampled along the slice axis."""
-
-    use_hr_head = False
-
-    @staticmethod
-    def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
-                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
-        network = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
-                                                           num_output_channels, enable_deep_supervision)
-        network.hr_from_lr = True
-        return network
-
-
-class ShortSchedule:
-    """Mixin of the short-schedule variants (tests, CPU runs): ``schedule_epochs`` x ``schedule_iterations``,
-    2 validation iterations, a checkpoint every epoch (so ``--c`` never repeats epochs from checkpoint_best).
-
-    With ``skip_validation_of_fold_all`` the final validation (nnUNetv2_train predicts every validation
-    case) is skipped for fold ``all``: those cases are the training cases, and on a CPU predicting full
-    volumes costs minutes per case.
-    """
-
-    schedule_epochs: int = 2
-    schedule_iterations: int = 3
-    skip_validation_of_fold_all: bool = False
-
-    # the same parameter names as nnUNetTrainer.__init__: it records them (my_init_kwargs) from this signature
-    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = self.schedule_epochs
-        self.num_iterations_per_epoch = self.schedule_iterations
-        self.num_val_iterations_per_epoch = 2
-        self.save_every = 1
-
-    def perform_actual_validation(self, save_probabilities: bool = False) -> None:
-        if self.skip_validation_of_fold_all and self.fold == "all":
-            self.print_to_log_file("final validation skipped: fold 'all' validates on the training cases")
-            return
-        super().perform_actual_validation(save_probabilities)
-
-
-# --- test schedules: 2 epochs of 3 iterations, final validation kept ----------------------------------------
-class REHRSegTrainer_debug(ShortSchedule, REHRSegTrainer):
-    """REHRSegTrainer for 2 epochs of 3 iterations."""
-
-
-class REHRSegTrainer_noUASR_debug(ShortSchedule, REHRSegTrainer_noUASR):
-    """REHRSegTrainer_noUASR for 2 epochs of 3 iterations."""
-
-
-class REHRSegTrainer_noDistill_debug(ShortSchedule, REHRSegTrainer_noDistill):
-    """REHRSegTrainer_noDistill for 2 epochs of 3 iterations."""
-
-
-class REHRSegTrainer_noHRHead_debug(ShortSchedule, REHRSegTrainer_noHRHead):
-    """REHRSegTrainer_noHRHead for 2 epochs of 3 iterations."""
-
-
-# --- CPU schedules: 8 epochs of 20 iterations, no final validation of fold all -----------------------------
-class CPUSchedule(ShortSchedule):
-    schedule_epochs, schedule_iterations, skip_validation_of_fold_all = 8, 20, True
-
-
-class REHRSegTrainer_cpu(CPUSchedule, REHRSegTrainer):
-    """REHRSegTrainer for 8 epochs of 20 iterations."""
-
-
-class REHRSegTrainer_noUASR_cpu(CPUSchedule, REHRSegTrainer_noUASR):
-    """REHRSegTrainer_noUASR for 8 epochs of 20 iterations."""
-
-
-class REHRSegTrainer_noDistill_cpu(CPUSchedule, REHRSegTrainer_noDistill):
-    """REHRSegTrainer_noDistill for 8 epochs of 20 iterations."""
-
-
-class REHRSegTrainer_noHRHead_cpu(CPUSchedule, REHRSegTrainer_noHRHead):
-    """REHRSegTrainer_noHRHead for 8 epochs of 20 iterations."""
-
-
-class REHRSegTrainer_cpu50epochs(CPUSchedule, REHRSegTrainer):
-    """REHRSegTrainer for 50 epochs of 20 iterations."""
-
-    schedule_epochs = 50
-
-
-# stock nnU-Net on the same CPU schedule: the LR model that REHRSegTrainer_cpu fine-tunes from (8 epochs) and
-# the LR baseline at the total budget of both (16 epochs), as the quick start compares them
-class nnUNetTrainer_cpu(CPUSchedule, nnUNetTrainer):
-    """nnUNetTrainer for 8 epochs of 20 iterations."""
-
-
-class nnUNetTrainer_cpu16epochs(CPUSchedule, nnUNetTrainer):
-    """nnUNetTrainer for 16 epochs of 20 iterations."""
-
-    schedule_epochs = 16
-
-
-# --- the quick start's pipeline at a smoke-test length (its test): 2 (REHRSeg, LR start) and 4 (LR comparison)
-# epochs of 4 iterations ------------------------------------------------------------------------------------
-class SmokeSchedule(ShortSchedule):
-    schedule_epochs, schedule_iterations, skip_validation_of_fold_all = 2, 4, True
-
-
-class REHRSegTrainer_cpuSmoke(SmokeSchedule, REHRSegTrainer):
-    """REHRSegTrainer for 2 epochs of 4 iterations."""
-
-
-class nnUNetTrainer_cpuSmoke(SmokeSchedule, nnUNetTrainer):
-    """nnUNetTrainer for 2 epochs of 4 iterations."""
-
-
-class nnUNetTrainer_cpuSmoke4epochs(SmokeSchedule, nnUNetTrainer):
-    """nnUNetTrainer for 4 epochs of 4 iterations."""
-
-    schedule_epochs = 4

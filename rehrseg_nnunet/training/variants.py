@@ -1,0 +1,146 @@
+"""Variants of REHRSegTrainer (ablations, short schedules) and stock nnU-Net on the same short schedules,
+as explicit classes named the nnU-Net way (``REHRSegTrainer_<variant>``) so that ``-tr`` and grep find them."""
+
+from __future__ import annotations
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from torch import nn
+
+from rehrseg_nnunet.training.trainer import DEFAULT_DEVICE, REHRSegTrainer
+
+__all__ = ["REHRSegTrainer_noUASR", "REHRSegTrainer_noDistill", "REHRSegTrainer_noHRHead",
+           "REHRSegTrainer_debug", "REHRSegTrainer_noUASR_debug", "REHRSegTrainer_noDistill_debug",
+           "REHRSegTrainer_noHRHead_debug", "REHRSegTrainer_cpu", "REHRSegTrainer_noUASR_cpu",
+           "REHRSegTrainer_noDistill_cpu", "REHRSegTrainer_noHRHead_cpu", "REHRSegTrainer_cpu50epochs",
+           "nnUNetTrainer_cpu", "nnUNetTrainer_cpu16epochs", "REHRSegTrainer_cpuSmoke", "nnUNetTrainer_cpuSmoke",
+           "nnUNetTrainer_cpuSmoke4epochs"]
+
+
+class REHRSegTrainer_noUASR(REHRSegTrainer):
+    """Ablation: unweighted LR loss (CE + Dice)."""
+
+    use_uncertainty = False
+
+
+class REHRSegTrainer_noDistill(REHRSegTrainer):
+    """Ablation: no structural / cosine distillation (no SR teacher needed)."""
+
+    use_distillation = False
+
+
+class REHRSegTrainer_noHRHead(REHRSegTrainer):
+    """Ablation: LR losses only; HR logits at inference are the LR logits upsampled along the slice axis."""
+
+    use_hr_head = False
+
+    @staticmethod
+    def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        network = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                           num_output_channels, enable_deep_supervision)
+        network.hr_from_lr = True
+        return network
+
+
+class ShortSchedule:
+    """Mixin of the short-schedule variants (tests, CPU runs): ``schedule_epochs`` x ``schedule_iterations``,
+    2 validation iterations, a checkpoint every epoch (so ``--c`` never repeats epochs from checkpoint_best).
+
+    With ``skip_validation_of_fold_all`` the final validation (nnUNetv2_train predicts every validation
+    case) is skipped for fold ``all``: those cases are the training cases, and on a CPU predicting full
+    volumes costs minutes per case.
+    """
+
+    schedule_epochs: int = 2
+    schedule_iterations: int = 3
+    skip_validation_of_fold_all: bool = False
+
+    # the same parameter names as nnUNetTrainer.__init__: it records them (my_init_kwargs) from this signature
+    def __init__(self, plans, configuration, fold, dataset_json, device=DEFAULT_DEVICE):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = self.schedule_epochs
+        self.num_iterations_per_epoch = self.schedule_iterations
+        self.num_val_iterations_per_epoch = 2
+        self.save_every = 1
+
+    def perform_actual_validation(self, save_probabilities: bool = False) -> None:
+        if self.skip_validation_of_fold_all and self.fold == "all":
+            self.print_to_log_file("final validation skipped: fold 'all' validates on the training cases")
+            return
+        super().perform_actual_validation(save_probabilities)
+
+
+# --- test schedules: 2 epochs of 3 iterations, final validation kept ----------------------------------------
+class REHRSegTrainer_debug(ShortSchedule, REHRSegTrainer):
+    """REHRSegTrainer for 2 epochs of 3 iterations."""
+
+
+class REHRSegTrainer_noUASR_debug(ShortSchedule, REHRSegTrainer_noUASR):
+    """REHRSegTrainer_noUASR for 2 epochs of 3 iterations."""
+
+
+class REHRSegTrainer_noDistill_debug(ShortSchedule, REHRSegTrainer_noDistill):
+    """REHRSegTrainer_noDistill for 2 epochs of 3 iterations."""
+
+
+class REHRSegTrainer_noHRHead_debug(ShortSchedule, REHRSegTrainer_noHRHead):
+    """REHRSegTrainer_noHRHead for 2 epochs of 3 iterations."""
+
+
+# --- CPU schedules: 8 epochs of 20 iterations, no final validation of fold all -----------------------------
+class CPUSchedule(ShortSchedule):
+    schedule_epochs, schedule_iterations, skip_validation_of_fold_all = 8, 20, True
+
+
+class REHRSegTrainer_cpu(CPUSchedule, REHRSegTrainer):
+    """REHRSegTrainer for 8 epochs of 20 iterations."""
+
+
+class REHRSegTrainer_noUASR_cpu(CPUSchedule, REHRSegTrainer_noUASR):
+    """REHRSegTrainer_noUASR for 8 epochs of 20 iterations."""
+
+
+class REHRSegTrainer_noDistill_cpu(CPUSchedule, REHRSegTrainer_noDistill):
+    """REHRSegTrainer_noDistill for 8 epochs of 20 iterations."""
+
+
+class REHRSegTrainer_noHRHead_cpu(CPUSchedule, REHRSegTrainer_noHRHead):
+    """REHRSegTrainer_noHRHead for 8 epochs of 20 iterations."""
+
+
+class REHRSegTrainer_cpu50epochs(CPUSchedule, REHRSegTrainer):
+    """REHRSegTrainer for 50 epochs of 20 iterations."""
+
+    schedule_epochs = 50
+
+
+# stock nnU-Net on the same CPU schedule: the LR model that REHRSegTrainer_cpu fine-tunes from (8 epochs) and
+# the LR baseline at the total budget of both (16 epochs), as the quick start compares them
+class nnUNetTrainer_cpu(CPUSchedule, nnUNetTrainer):
+    """nnUNetTrainer for 8 epochs of 20 iterations."""
+
+
+class nnUNetTrainer_cpu16epochs(CPUSchedule, nnUNetTrainer):
+    """nnUNetTrainer for 16 epochs of 20 iterations."""
+
+    schedule_epochs = 16
+
+
+# --- the quick start's pipeline at a smoke-test length (its test): 2 (REHRSeg, LR start) and 4 (LR comparison)
+# epochs of 4 iterations ------------------------------------------------------------------------------------
+class SmokeSchedule(ShortSchedule):
+    schedule_epochs, schedule_iterations, skip_validation_of_fold_all = 2, 4, True
+
+
+class REHRSegTrainer_cpuSmoke(SmokeSchedule, REHRSegTrainer):
+    """REHRSegTrainer for 2 epochs of 4 iterations."""
+
+
+class nnUNetTrainer_cpuSmoke(SmokeSchedule, nnUNetTrainer):
+    """nnUNetTrainer for 2 epochs of 4 iterations."""
+
+
+class nnUNetTrainer_cpuSmoke4epochs(SmokeSchedule, nnUNetTrainer):
+    """nnUNetTrainer for 4 epochs of 4 iterations."""
+
+    schedule_epochs = 4
