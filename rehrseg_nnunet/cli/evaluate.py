@@ -10,14 +10,16 @@ from rehrseg_nnunet.cli.common import run_cli
 from rehrseg_nnunet.errors import RehrsegInputError
 from rehrseg_nnunet.file_writing import write_json_atomically
 
+DESCRIPTION = (
+    "Score predictions against references (nnU-Net naming: CASE + file ending): Dice and HD95 (mm) "
+    "per label and for the whole foreground (label > 0), per case and mean ± std, on the reference "
+    "grid (an LR reference scores on the LR grid, an HR one on the HR grid). Writes a JSON summary "
+    "and prints a table."
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rehrseg_evaluate",
-        description="Score predictions against references (nnU-Net naming: CASE + file ending): Dice and HD95 (mm) "
-                    "per label and for the whole foreground (label > 0), per case and mean ± std, on the reference "
-                    "grid (an LR reference scores on the LR grid, an HR one on the HR grid). Writes a JSON summary "
-                    "and prints a table.")
+    parser = argparse.ArgumentParser(prog="rehrseg_evaluate", description=DESCRIPTION)
     parser.add_argument("-ref", dest="reference", metavar="REF_FOLDER", required=True,
                         help="folder of reference segmentations")
     parser.add_argument("-pred", dest="prediction", metavar="PRED_FOLDER", required=True,

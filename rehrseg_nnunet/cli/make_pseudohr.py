@@ -6,6 +6,10 @@ import argparse
 
 from rehrseg_nnunet.cli.common import run_cli
 
+DESCRIPTION = (
+    "Apply a trained self-SR model to every case of an nnU-Net raw dataset and write "
+    "nnUNet_raw/DatasetTTT_<Source>PseudoHR (images, labels, uncertainty maps, QC pictures)."
+)
 
 def dataset_id(text: str) -> int:
     """An nnU-Net dataset id: an integer 1-999 (DatasetXXX_ has three digits)."""
@@ -19,10 +23,7 @@ def dataset_id(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rehrseg_make_pseudohr",
-        description="Apply a trained self-SR model to every case of an nnU-Net raw dataset and write "
-                    "nnUNet_raw/DatasetTTT_<Source>PseudoHR (images, labels, uncertainty maps, QC pictures).")
+    parser = argparse.ArgumentParser(prog="rehrseg_make_pseudohr", description=DESCRIPTION)
     parser.add_argument("-d", dest="dataset", required=True, help="source dataset id or name under nnUNet_raw")
     parser.add_argument("-o", dest="target_id", required=True, type=dataset_id,
                         help="id of the new pseudo-HR dataset (1-999)")

@@ -6,17 +6,19 @@ import argparse
 
 from rehrseg_nnunet.cli.common import run_cli
 
+DESCRIPTION = (
+    "Derive REHRSegPlans (REHRSegUNet, LR topology, separate-z nearest resampling along the slice "
+    "axis) from nnUNetPlans of a pseudo-HR dataset, and preprocess its uncertainty maps. Run after "
+    "nnUNetv2_plan_and_preprocess; then nnUNetv2_train D 3d_fullres F -tr REHRSegTrainer -p "
+    "REHRSegPlans."
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rehrseg_plan",
-        description="Derive REHRSegPlans (REHRSegUNet, LR topology, separate-z nearest resampling along the slice "
-                    "axis) from nnUNetPlans of a pseudo-HR dataset, and preprocess its uncertainty maps. Run after "
-                    "nnUNetv2_plan_and_preprocess; then nnUNetv2_train D 3d_fullres F -tr REHRSegTrainer -p "
-                    "REHRSegPlans.")
+    parser = argparse.ArgumentParser(prog="rehrseg_plan", description=DESCRIPTION)
     parser.add_argument("-d", dest="dataset", required=True, help="pseudo-HR dataset id or name")
-    parser.add_argument("-pl", dest="source_plans", default="nnUNetPlans", help="plans to start from (default "
-                                                                                "nnUNetPlans)")
+    parser.add_argument("-pl", dest="source_plans", default="nnUNetPlans",
+                        help="plans to start from (default nnUNetPlans)")
     parser.add_argument("--patch_size", type=int, nargs=3, default=None,
                         help="HR patch, slice axis first (default: nnU-Net's 3d_fullres patch, adapted to r)")
     parser.add_argument("--lr_plans", default=None, metavar="PLANS_JSON",
@@ -31,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base_features", type=int, default=32, help="U-Net features at full resolution (nnU-Net: 32)")
     parser.add_argument("--max_features", type=int, default=320, help="U-Net feature cap (nnU-Net: 320)")
     parser.add_argument("--batch_size", type=int, default=None, help="default: nnU-Net's")
-    parser.add_argument("-np", dest="num_processes", type=int, default=4, help="processes if data must be "
-                                                                               "re-preprocessed")
+    parser.add_argument("-np", dest="num_processes", type=int, default=4,
+                        help="processes if data must be re-preprocessed")
     parser.add_argument("--overwrite", action="store_true", help="redo the preprocessed uncertainty maps")
     return parser
 

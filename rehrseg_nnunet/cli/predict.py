@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("-d", default=None, help="dataset id or name the model was trained on (the pseudo-HR dataset)")
     model.add_argument("-tr", default="REHRSegTrainer", help="trainer class (default REHRSegTrainer)")
     model.add_argument("-p", default="REHRSegPlans", help="plans identifier (default REHRSegPlans)")
-    model.add_argument("-c", default="3d_fullres", help="configuration (default 3d_fullres, the only one REHRSeg "
-                                                        "plans)")
+    model.add_argument("-c", default="3d_fullres",
+                       help="configuration (default 3d_fullres, the only one REHRSeg plans)")
     model.add_argument("-m", default=None, metavar="MODEL_FOLDER",
                        help="trained model folder (TRAINER__PLANS__CONFIG, holding fold_X/), instead of -d/-tr/-p/-c")
     parser.add_argument("-f", nargs="+", default=["0", "1", "2", "3", "4"], help="folds to ensemble (default 0 1 2 3 "

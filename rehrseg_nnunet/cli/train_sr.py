@@ -8,12 +8,14 @@ from rehrseg_nnunet.cli.common import run_cli
 from rehrseg_nnunet.geometry import parse_slice_axis
 from rehrseg_nnunet.sr.config import PRESETS
 
+DESCRIPTION = (
+    "Learn, from thick-slice images and labels alone, to super-resolve the slice axis of both "
+    "(REHRSeg stage 1). Reads nnUNet_raw/DatasetXXX_Name; writes a model folder."
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rehrseg_train_sr",
-        description="Learn, from thick-slice images and labels alone, to super-resolve the slice axis of both "
-                    "(REHRSeg stage 1). Reads nnUNet_raw/DatasetXXX_Name; writes a model folder.")
+    parser = argparse.ArgumentParser(prog="rehrseg_train_sr", description=DESCRIPTION)
     parser.add_argument("-d", dest="dataset", required=True, help="dataset id or name under nnUNet_raw")
     parser.add_argument("-o", "--output", default=None,
                         help="model folder (default: nnUNet_results/DatasetXXX_Name/rehrseg_sr)")
