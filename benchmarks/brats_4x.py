@@ -13,7 +13,8 @@ The method's protocol (METHOD.md): REHRSeg is fine-tuned from the converged LR n
 - ``interp_nnunet``: images cubic-B-spline- and labels shape-based-upsampled to 1 mm, stock nnU-Net there;
 - ``sr_nnunet``: the pseudo-HR dataset (``rehrseg_make_pseudohr``) with the stock trainer, test image
   super-resolved by the same SR model;
-- ``rehrseg`` and its ablations ``rehrseg_noUASR``, ``rehrseg_noDistill``, ``rehrseg_noHRHead``: an LR nnU-Net
+- ``rehrseg`` and its ablations ``rehrseg_noUASR``, ``rehrseg_noDistill``, ``rehrseg_noHRHead``, ``rehrseg_lrDice``,
+  ``rehrseg_mirror``, ``rehrseg_fgOversample``: an LR nnU-Net
   trained for E1 epochs (``nnunet_lr_init``), then REHRSegTrainer fine-tuned from its checkpoint for E2
   (``rehrseg_plan --lr_plans`` gives the inner U-Net its topology; lr 1e-3), predicted with ``rehrseg_predict``;
 - ``oracle_hr``: stock nnU-Net on the true 1 mm images and labels, predicted from the 1 mm test image (ceiling).
@@ -162,8 +163,8 @@ def trainer_class_named(name: str):
     import nnunetv2
     from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
     if name.startswith("REHRSeg"):
-        from rehrseg_nnunet.training import trainer as rehrseg_trainers
-        return getattr(rehrseg_trainers, name)
+        from rehrseg_nnunet.training import trainer, variants
+        return getattr(trainer, name, None) or getattr(variants, name)
     return recursive_find_python_class(os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer"), name,
                                        "nnunetv2.training.nnUNetTrainer")
 
@@ -300,6 +301,16 @@ def splits(args) -> list[tuple[str, list[str], list[str]]]:
     return [(f"fold{k}", [c for c in cases if c not in test], test) for k, test in enumerate(folds)]
 
 
+#: REHRSeg and its ablations (result key -> trainer), each fine-tuned from the same LR nnU-Net checkpoint
+REHRSEG_METHODS = {
+    "rehrseg": "REHRSegTrainer", "rehrseg_noUASR": "REHRSegTrainer_noUASR",
+    "rehrseg_noDistill": "REHRSegTrainer_noDistill", "rehrseg_noHRHead": "REHRSegTrainer_noHRHead",
+    # issue 14's per-class questions: a Dice term in the LR loss, mirroring, all patches on foreground
+    "rehrseg_lrDice": "REHRSegTrainer_lrDice", "rehrseg_mirror": "REHRSegTrainer_mirror",
+    "rehrseg_fgOversample": "REHRSegTrainer_fgOversample",
+}
+
+
 def methods_of_split(raw: str, pseudohr: str, args) -> list[Method]:
     total, lr_only, tune = args.lr_epochs + args.finetune_epochs, args.lr_epochs, args.finetune_epochs
     inputs = {key: os.path.join(raw, dataset_name(key), "imagesTs") for key in DATASETS}
@@ -312,9 +323,7 @@ def methods_of_split(raw: str, pseudohr: str, args) -> list[Method]:
             Method("nnunet_lr", dataset_name("lr"), "nnUNetTrainer", BENCH_PLANS, total, "nnUNetv2_predict",
                    inputs["lr"])] + [
         Method(name, pseudohr, trainer, "REHRSegPlans", tune, "rehrseg_predict", inputs["lr"], checkpoint)
-        for name, trainer in (("rehrseg", "REHRSegTrainer"), ("rehrseg_noUASR", "REHRSegTrainer_noUASR"),
-                              ("rehrseg_noDistill", "REHRSegTrainer_noDistill"),
-                              ("rehrseg_noHRHead", "REHRSegTrainer_noHRHead"))] + [
+        for name, trainer in REHRSEG_METHODS.items()] + [
         Method("interp_nnunet", dataset_name("interp"), "nnUNetTrainer", BENCH_PLANS, total, "nnUNetv2_predict",
                inputs["interp"]),
         Method("sr_nnunet", pseudohr, "nnUNetTrainer", BENCH_PLANS, total, "nnUNetv2_predict", pseudohr_inputs),
@@ -323,9 +332,8 @@ def methods_of_split(raw: str, pseudohr: str, args) -> list[Method]:
 
 SCORED = {  # result key -> the method whose predictions it scores
     "nnunet_lr_upsampled_nearest": "nnunet_lr", "nnunet_lr_upsampled_sdf": "nnunet_lr",
-    "interp_nnunet": "interp_nnunet",
-    "sr_nnunet": "sr_nnunet", "rehrseg": "rehrseg", "rehrseg_noUASR": "rehrseg_noUASR",
-    "rehrseg_noDistill": "rehrseg_noDistill", "rehrseg_noHRHead": "rehrseg_noHRHead", "oracle_hr": "oracle_hr"}
+    "interp_nnunet": "interp_nnunet", "sr_nnunet": "sr_nnunet", "oracle_hr": "oracle_hr",
+    **{name: name for name in REHRSEG_METHODS}}
 
 
 def run_split(name: str, train_cases: list[str], test_cases: list[str], data: str, args) -> dict:

@@ -32,6 +32,23 @@ class UncertaintyWeightedCE(nn.Module):
         return uncertainty_weighted_ce(logits, target, uncertainty)
 
 
+class UncertaintyWeightedCEAndDice(nn.Module):
+    """:func:`uncertainty_weighted_ce` plus nnU-Net's soft Dice (foreground classes, unweighted): the LR loss of
+    the ``lrDice`` ablation, to measure what a Dice term adds to per-class quality under UASR.
+
+    Args:
+        dice: nnU-Net's Dice loss on logits (``MemoryEfficientSoftDiceLoss`` with softmax), called as
+            ``dice(logits, target)``.
+    """
+
+    def __init__(self, dice: nn.Module):
+        super().__init__()
+        self.dice = dice
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, uncertainty: torch.Tensor) -> torch.Tensor:
+        return uncertainty_weighted_ce(logits, target, uncertainty) + self.dice(logits, target)
+
+
 def _per_slice(features: torch.Tensor) -> torch.Tensor:
     """(B, C, S, H, W) -> (B*S, C, H, W)."""
     b, c, s, h, w = features.shape

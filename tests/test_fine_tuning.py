@@ -198,6 +198,40 @@ def test_short_schedules_write_a_checkpoint_every_epoch(fine_tuned, monkeypatch)
     assert every == {"REHRSegTrainer": 50, "REHRSegTrainer_debug": 1, "REHRSegTrainer_cpu": 1}
 
 
+def test_ablation_variants_change_only_their_setting(fine_tuned, monkeypatch):
+    """lrDice: UASR CE + soft Dice on the LR targets; mirror: in-plane mirroring in training only;
+    fgOversample: every patch on foreground."""
+    from rehrseg_nnunet.losses import UncertaintyWeightedCE, UncertaintyWeightedCEAndDice
+    from rehrseg_nnunet.training.trainer import REHRSegTrainer
+    from rehrseg_nnunet.training.variants import (
+        REHRSegTrainer_fgOversample,
+        REHRSegTrainer_lrDice,
+        REHRSegTrainer_mirror,
+    )
+
+    for key, value in fine_tuned["env"].items():
+        monkeypatch.setenv(key, value)
+    preprocessed = fine_tuned["root"] / "preprocessed" / "Dataset616_PhantomPseudoHR"
+    plans = json.loads((preprocessed / "REHRSegPlans.json").read_text())
+    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+    trainers = {trainer.__name__: trainer({**plans, "continue_training": False}, "3d_fullres", "all", dataset_json,
+                                          torch.device("cpu"))
+                for trainer in (REHRSegTrainer, REHRSegTrainer_lrDice, REHRSegTrainer_mirror,
+                                REHRSegTrainer_fgOversample)}
+
+    def lr_loss(trainer):
+        loss = trainer._build_loss()
+        return getattr(loss, "loss", loss)  # inside nnU-Net's deep-supervision wrapper
+
+    assert type(lr_loss(trainers["REHRSegTrainer"])) is UncertaintyWeightedCE
+    assert type(lr_loss(trainers["REHRSegTrainer_lrDice"])) is UncertaintyWeightedCEAndDice
+    mirror = {name: t.configure_rotation_dummyDA_mirroring_and_inital_patch_size()[3] for name, t in trainers.items()}
+    assert mirror["REHRSegTrainer_mirror"] == (1, 2) and mirror["REHRSegTrainer"] is None
+    assert trainers["REHRSegTrainer_mirror"].inference_allowed_mirroring_axes is None
+    oversample = {name: t.oversample_foreground_percent for name, t in trainers.items()}
+    assert oversample["REHRSegTrainer_fgOversample"] == 1.0 and oversample["REHRSegTrainer"] == 0.33
+
+
 def test_rehrseg_predict_help_shows_rehrseg_defaults_and_no_inert_option():
     result = run_script("rehrseg_predict", ["-h"], {})
     assert_ok(result)

@@ -102,6 +102,26 @@ def test_uncertainty_weight_changes_the_lr_loss_as_specified():
     assert zero == pytest.approx(sum(ce) / 2, rel=1e-6)
 
 
+def test_the_lr_dice_ablation_adds_nnunets_soft_dice_to_the_weighted_ce():
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+    from nnunetv2.utilities.helpers import softmax_helper_dim1
+
+    from rehrseg_nnunet.losses import UncertaintyWeightedCEAndDice
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 2, 4, 4, generator=generator)
+    target = torch.randint(0, 3, (2, 1, 2, 4, 4), generator=generator)
+    uncertainty = torch.rand(2, 1, 2, 4, 4, generator=generator)
+    dice = MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1, batch_dice=True, do_bg=False, smooth=1e-5,
+                                      ddp=False)
+    combined = UncertaintyWeightedCEAndDice(dice)(logits, target, uncertainty)
+    parts = uncertainty_weighted_ce(logits, target, uncertainty) + dice(logits, target)
+    assert combined.item() == pytest.approx(parts.item(), rel=1e-6)
+    # a confident, correct prediction: the Dice term reaches its minimum, -1
+    perfect = 20.0 * torch.nn.functional.one_hot(target[:, 0], 3).movedim(-1, 1).float()
+    assert dice(perfect, target).item() == pytest.approx(-1.0, abs=1e-3)
+
+
 def test_structural_distillation_zero_for_identical_features_and_gradients_reach_only_the_student():
     torch.manual_seed(0)
     teacher = torch.randn(2, 6, 3, 8, 8, requires_grad=True)

@@ -19,14 +19,20 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss, get_tp_fp_fn_tn
 from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as trainer_module
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.helpers import dummy_context
+from nnunetv2.utilities.helpers import dummy_context, softmax_helper_dim1
 from torch import autocast
 from torch.profiler import record_function
 
 from rehrseg_nnunet.contract import StageContract
 from rehrseg_nnunet.degradation import labels_to_lr_tensor
 from rehrseg_nnunet.errors import RehrsegInputError
-from rehrseg_nnunet.losses import UncertaintyWeightedCE, cosine_distillation, match_grid, structural_distillation
+from rehrseg_nnunet.losses import (
+    UncertaintyWeightedCE,
+    UncertaintyWeightedCEAndDice,
+    cosine_distillation,
+    match_grid,
+    structural_distillation,
+)
 from rehrseg_nnunet.network import REHRSegUNet, pool_thick_slices
 from rehrseg_nnunet.planning import NETWORK_CLASS, PLANS_NAME
 from rehrseg_nnunet.sr.config import checkpoint_sha256, final_checkpoint
@@ -60,6 +66,10 @@ class REHRSegTrainer(nnUNetTrainer):
     use_uncertainty = True
     use_distillation = True
     use_hr_head = True
+    #: add nnU-Net's soft Dice to the UASR-weighted LR cross-entropy (ablation; METHOD.md: CE only)
+    lr_dice_with_uncertainty = False
+    #: in-plane mirror axes of training augmentation (ablation; METHOD.md: none)
+    training_mirror_axes: tuple[int, ...] | None = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = DEFAULT_DEVICE):
@@ -185,8 +195,9 @@ class REHRSegTrainer(nnUNetTrainer):
         initial_patch_size = get_patch_size(patch_size[1:], rotation, (0, 0), (0, 0), (0.85, 1.25))
         initial_patch_size = [patch_size[0], *initial_patch_size]
         self.inference_allowed_mirroring_axes = None
-        self.print_to_log_file("do_dummy_2d_data_aug: True (rotation about the slice axis only), no mirroring")
-        return rotation, True, initial_patch_size, None
+        mirroring = f"mirroring of axes {self.training_mirror_axes}" if self.training_mirror_axes else "no mirroring"
+        self.print_to_log_file(f"do_dummy_2d_data_aug: True (rotation about the slice axis only), {mirroring}")
+        return rotation, True, initial_patch_size, self.training_mirror_axes
 
     def get_dataloaders(self):
         # nnU-Net builds its loaders by module-level name; swap ours in for the duration of the call
@@ -215,8 +226,14 @@ class REHRSegTrainer(nnUNetTrainer):
         dc_ce = {"batch_dice": self.configuration_manager.batch_dice, "smooth": 1e-5, "do_bg": False,
                  "ddp": self.is_ddp}
         self.hr_loss = DC_and_CE_loss(dc_ce, {}, weight_ce=1, weight_dice=1, dice_class=MemoryEfficientSoftDiceLoss)
-        lr_loss = UncertaintyWeightedCE() if self.use_uncertainty else \
-            DC_and_CE_loss(dc_ce, {}, weight_ce=1, weight_dice=1, dice_class=MemoryEfficientSoftDiceLoss)
+        if not self.use_uncertainty:
+            lr_loss = DC_and_CE_loss(dc_ce, {}, weight_ce=1, weight_dice=1, dice_class=MemoryEfficientSoftDiceLoss)
+        elif self.lr_dice_with_uncertainty:
+            lr_loss = UncertaintyWeightedCEAndDice(MemoryEfficientSoftDiceLoss(
+                apply_nonlin=softmax_helper_dim1, batch_dice=dc_ce["batch_dice"], do_bg=False, smooth=1e-5,
+                ddp=self.is_ddp))
+        else:
+            lr_loss = UncertaintyWeightedCE()
         scales = self._lr_deep_supervision_scales()
         if self.enable_deep_supervision and scales:
             weights = np.array([1 / (2 ** i) for i in range(len(scales))])

@@ -8,7 +8,8 @@ from torch import nn
 
 from rehrseg_nnunet.training.trainer import DEFAULT_DEVICE, REHRSegTrainer
 
-__all__ = ["REHRSegTrainer_noUASR", "REHRSegTrainer_noDistill", "REHRSegTrainer_noHRHead",
+__all__ = ["REHRSegTrainer_noUASR", "REHRSegTrainer_noDistill", "REHRSegTrainer_noHRHead", "REHRSegTrainer_lrDice",
+           "REHRSegTrainer_mirror", "REHRSegTrainer_fgOversample",
            "REHRSegTrainer_debug", "REHRSegTrainer_noUASR_debug", "REHRSegTrainer_noDistill_debug",
            "REHRSegTrainer_noHRHead_debug", "REHRSegTrainer_cpu", "REHRSegTrainer_noUASR_cpu",
            "REHRSegTrainer_noDistill_cpu", "REHRSegTrainer_noHRHead_cpu", "REHRSegTrainer_cpu50epochs",
@@ -26,6 +27,27 @@ class REHRSegTrainer_noDistill(REHRSegTrainer):
     """Ablation: no structural / cosine distillation (no SR teacher needed)."""
 
     use_distillation = False
+
+
+class REHRSegTrainer_lrDice(REHRSegTrainer):
+    """Ablation: UASR-weighted LR cross-entropy plus nnU-Net's soft Dice on the LR targets."""
+
+    lr_dice_with_uncertainty = True
+
+
+class REHRSegTrainer_mirror(REHRSegTrainer):
+    """Ablation: training augmentation mirrors the two in-plane axes (never the slice axis)."""
+
+    training_mirror_axes = (1, 2)
+
+
+class REHRSegTrainer_fgOversample(REHRSegTrainer):
+    """Ablation: every patch centred on a foreground voxel of a class drawn uniformly among the case's classes
+    (nnU-Net's default forces this for a third of each batch: one patch in two at batch size 2)."""
+
+    def __init__(self, plans, configuration, fold, dataset_json, device=DEFAULT_DEVICE):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.oversample_foreground_percent = 1.0
 
 
 class REHRSegTrainer_noHRHead(REHRSegTrainer):
