@@ -1,5 +1,12 @@
 """REHRSegTrainer and its variants; ``EXT_TRAINER_FOLDER`` is what ``nnUNet_extTrainer`` must point at."""
 
 import os
+import sys
 
 EXT_TRAINER_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nnunet_ext")
+
+
+def fail(message: str) -> None:
+    """Bad input under nnU-Net's own CLI (nnUNetv2_train): one line on stderr, exit status 2, no traceback."""
+    print(f"REHRSegTrainer: error: {message}", file=sys.stderr)
+    raise SystemExit(2)

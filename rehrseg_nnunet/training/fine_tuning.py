@@ -85,7 +85,7 @@ def install_pretrained_weights_hook() -> None:
 
         if not isinstance(unwrap(network), REHRSegUNet):
             return original(network, fname, verbose)
-        from rehrseg_nnunet.training.trainer import fail
+        from rehrseg_nnunet.training import fail
 
         try:
             load_lr_weights(network, fname)

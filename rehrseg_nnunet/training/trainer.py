@@ -7,7 +7,6 @@ Reach it with ``nnUNetv2_train D 3d_fullres F -tr REHRSegTrainer -p REHRSegPlans
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 import torch
@@ -36,6 +35,7 @@ from rehrseg_nnunet.losses import (
 from rehrseg_nnunet.network import REHRSegUNet, pool_thick_slices
 from rehrseg_nnunet.planning import NETWORK_CLASS, PLANS_NAME
 from rehrseg_nnunet.sr.config import checkpoint_sha256, final_checkpoint
+from rehrseg_nnunet.training import fail
 from rehrseg_nnunet.training.dataloader import UncertaintyDataLoader
 from rehrseg_nnunet.training.fine_tuning import (
     FINE_TUNING_LR,
@@ -52,12 +52,6 @@ install_pretrained_weights_hook()
 
 #: nnUNetTrainer.__init__'s default device (nnU-Net records the signature's defaults in its checkpoints)
 DEFAULT_DEVICE = torch.device("cuda")
-
-
-def fail(message: str) -> None:
-    """Bad input under nnU-Net's own CLI: one line on stderr, exit status 2, no traceback."""
-    print(f"REHRSegTrainer: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 class REHRSegTrainer(nnUNetTrainer):
