@@ -14,7 +14,7 @@ The method's protocol (METHOD.md): REHRSeg is fine-tuned from the converged LR n
 - ``sr_nnunet``: the pseudo-HR dataset (``rehrseg_make_pseudohr``) with the stock trainer, test image
   super-resolved by the same SR model;
 - ``rehrseg`` and its ablations ``rehrseg_noUASR``, ``rehrseg_noDistill``, ``rehrseg_noHRHead``, ``rehrseg_lrDice``,
-  ``rehrseg_mirror``, ``rehrseg_fgOversample``: an LR nnU-Net
+  ``rehrseg_mirror``, ``rehrseg_fgOversample``, ``rehrseg_lrCentre``: an LR nnU-Net
   trained for E1 epochs (``nnunet_lr_init``), then REHRSegTrainer fine-tuned from its checkpoint for E2
   (``rehrseg_plan --lr_plans`` gives the inner U-Net its topology; lr 1e-3), predicted with ``rehrseg_predict``;
 - ``oracle_hr``: stock nnU-Net on the true 1 mm images and labels, predicted from the 1 mm test image (ceiling).
@@ -308,6 +308,7 @@ REHRSEG_METHODS = {
     # issue 14's per-class questions: a Dice term in the LR loss, mirroring, all patches on foreground
     "rehrseg_lrDice": "REHRSegTrainer_lrDice", "rehrseg_mirror": "REHRSegTrainer_mirror",
     "rehrseg_fgOversample": "REHRSegTrainer_fgOversample",
+    "rehrseg_lrCentre": "REHRSegTrainer_lrCentre",  # LR target: the centre slice of each group, not the majority
 }
 
 
@@ -334,6 +335,12 @@ SCORED = {  # result key -> the method whose predictions it scores
     "nnunet_lr_upsampled_nearest": "nnunet_lr", "nnunet_lr_upsampled_sdf": "nnunet_lr",
     "interp_nnunet": "interp_nnunet", "sr_nnunet": "sr_nnunet", "oracle_hr": "oracle_hr",
     **{name: name for name in REHRSEG_METHODS}}
+
+
+def methods_needed(keys: list[str]) -> set[str]:
+    """The methods to train for the result ``keys``: their own, plus the LR nnU-Net that REHRSeg starts from."""
+    needed = {SCORED[key] for key in keys}
+    return needed | ({"nnunet_lr_init"} if needed & set(REHRSEG_METHODS) else set())
 
 
 def run_split(name: str, train_cases: list[str], test_cases: list[str], data: str, args) -> dict:
@@ -373,7 +380,8 @@ def run_split(name: str, train_cases: list[str], test_cases: list[str], data: st
 
     methods = {m.name: m for m in methods_of_split(env["nnUNet_raw"], pseudohr, args)}
     seconds: dict[str, float | None] = {}
-    for method in methods.values():
+    needed = methods_needed(args.methods)
+    for method in (m for m in methods.values() if m.name in needed):
         if method.initialised_from and not os.path.isfile(os.path.join(env["nnUNet_preprocessed"], pseudohr,
                                                                        "REHRSegPlans.json")):
             lr_plans = os.path.join(model_folder(methods["nnunet_lr_init"]), "plans.json")
@@ -389,7 +397,7 @@ def score_split(work: str, methods: list[Method], seconds: dict, test_cases: lis
     """Scores of every result key whose predictions are complete (a run cut short scores what it has)."""
     methods = {m.name: m for m in methods}
     results = {}
-    for key, method_name in SCORED.items():
+    for key, method_name in ((k, m) for k, m in SCORED.items() if k in args.methods):
         method = methods[method_name]
         output = os.path.join(work, "predictions", method_name)
         if not os.path.isfile(os.path.join(output, "benchmark_predict_complete.json")):
@@ -456,6 +464,9 @@ def main() -> None:
     parser.add_argument("--max-features", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", nargs="+", choices=list(SCORED), default=list(SCORED), metavar="KEY",
+                        help="result keys to train, predict and score (default: all of "
+                             f"{', '.join(SCORED)}); a REHRSeg key also trains the LR nnU-Net it starts from")
     parser.add_argument("--output", default=os.path.join(HERE, "results", "brats_4x.json"))
     parser.add_argument("--figure", default=os.path.join(HERE, "..", "docs", "brats_4x.png"))
     parser.add_argument("--score-only", action="store_true",
@@ -480,12 +491,13 @@ def main() -> None:
     methods = {key: {**summarise(entry["per_case"]), **{k: v for k, v in entry.items() if k != "per_case"}}
                for key, entry in pooled.items()}
     complete = {key for key, entry in methods.items() if len(entry["per_case"]) == sum(len(s[2]) for s in splits(args))}
-    pending = [key for key in SCORED if key not in complete]
+    pending = [key for key in args.methods if key not in complete]
 
     import torch
     results = {
         "methods": methods,
         "pending": pending,  # result keys not yet scored on every test case: re-run to resume
+        "methods_asked": args.methods,
         "splits": [{"name": n, "train": tr, "test": te} for n, tr, te in splits(args)],
         "budget": {"lr_epochs": args.lr_epochs, "finetune_epochs": args.finetune_epochs,
                    "iterations_per_epoch": args.iterations, "val_iterations_per_epoch": args.val_iterations,

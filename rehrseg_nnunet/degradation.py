@@ -141,6 +141,18 @@ def labels_to_lr_tensor(labels: torch.Tensor, scale_factor: int, num_classes: in
     return best_class.to(labels.dtype)
 
 
+def centre_slice_labels(labels: torch.Tensor, scale_factor: int) -> torch.Tensor:
+    """The centre slice (index r // 2) of each group of r along axis 2 of a (B, C, S*r, …) label tensor.
+
+    The alternative LR-target rule (the label at the acquired position, as the authors take it), kept for
+    the ablation ``REHRSegTrainer_lrCentre``; :func:`labels_to_lr_tensor` is the rule used everywhere else.
+    """
+    r = int(scale_factor)
+    if labels.shape[2] % r:
+        raise ValueError(f"{labels.shape[2]} slices along axis 2 are not a multiple of r = {r}.")
+    return labels[:, :, r // 2::r]
+
+
 def simulate_thick_slices(image: sitk.Image, slice_axis: int, scale_factor: int,
                           kind: ProfileKind = "gaussian", label: sitk.Image | None = None,
                           ) -> tuple[sitk.Image, sitk.Image | None]:

@@ -88,3 +88,19 @@ def test_lr_labels_on_tensors_equal_the_numpy_rule(scale_factor):
     result = labels_to_lr_tensor(torch.from_numpy(labels), scale_factor, num_classes=4)
     assert result.dtype == torch.int16
     np.testing.assert_array_equal(result.numpy(), expected)
+
+
+def test_centre_slice_rule_takes_slice_r_over_2_of_each_group():
+    """The lrCentre ablation's LR target: slice r // 2 of every group of r (index 2, 6, 10 for r = 4)."""
+    import torch
+
+    from rehrseg_nnunet.degradation import centre_slice_labels
+
+    labels = torch.arange(12, dtype=torch.int16).view(1, 1, 12, 1, 1).expand(1, 1, 12, 2, 3).contiguous()
+    result = centre_slice_labels(labels, 4)
+    assert result.shape == (1, 1, 3, 2, 3)
+    assert result[0, 0, :, 0, 0].tolist() == [2, 6, 10]
+    majority_differs = torch.tensor([1, 1, 0, 1], dtype=torch.int16).view(1, 1, 4, 1, 1)
+    assert centre_slice_labels(majority_differs, 4).item() == 0  # the majority (1) is not what this rule takes
+    with pytest.raises(ValueError, match="not a multiple of r = 4"):
+        centre_slice_labels(labels[:, :, :10], 4)

@@ -200,11 +200,12 @@ def test_short_schedules_write_a_checkpoint_every_epoch(fine_tuned, monkeypatch)
 
 def test_ablation_variants_change_only_their_setting(fine_tuned, monkeypatch):
     """lrDice: UASR CE + soft Dice on the LR targets; mirror: in-plane mirroring in training only;
-    fgOversample: every patch on foreground."""
+    fgOversample: every patch on foreground; lrCentre: the LR target is each group's centre slice."""
     from rehrseg_nnunet.losses import UncertaintyWeightedCE, UncertaintyWeightedCEAndDice
     from rehrseg_nnunet.training.trainer import REHRSegTrainer
     from rehrseg_nnunet.training.variants import (
         REHRSegTrainer_fgOversample,
+        REHRSegTrainer_lrCentre,
         REHRSegTrainer_lrDice,
         REHRSegTrainer_mirror,
     )
@@ -217,7 +218,7 @@ def test_ablation_variants_change_only_their_setting(fine_tuned, monkeypatch):
     trainers = {trainer.__name__: trainer({**plans, "continue_training": False}, "3d_fullres", "all", dataset_json,
                                           torch.device("cpu"))
                 for trainer in (REHRSegTrainer, REHRSegTrainer_lrDice, REHRSegTrainer_mirror,
-                                REHRSegTrainer_fgOversample)}
+                                REHRSegTrainer_fgOversample, REHRSegTrainer_lrCentre)}
 
     def lr_loss(trainer):
         loss = trainer._build_loss()
@@ -230,6 +231,16 @@ def test_ablation_variants_change_only_their_setting(fine_tuned, monkeypatch):
     assert trainers["REHRSegTrainer_mirror"].inference_allowed_mirroring_axes is None
     oversample = {name: t.oversample_foreground_percent for name, t in trainers.items()}
     assert oversample["REHRSegTrainer_fgOversample"] == 1.0 and oversample["REHRSegTrainer"] == 0.33
+    r = trainers["REHRSegTrainer"].scale_factor
+    assert r >= 3  # with r = 2 every tie goes to the centre slice and the two rules agree
+    group = [1] * r
+    group[r // 2] = 0  # the centre slice is outvoted
+    hr_target = torch.tensor(group * 2, dtype=torch.int16).view(1, 1, 2 * r, 1, 1).expand(1, 1, 2 * r, 4, 4)
+    uncertainty = torch.zeros(hr_target.shape)
+    lr_label = {name: t.lr_targets(hr_target, uncertainty)[0][0] for name, t in trainers.items()
+                if name in ("REHRSegTrainer", "REHRSegTrainer_lrCentre")}
+    assert lr_label["REHRSegTrainer"].unique().tolist() == [1]  # the majority of each group of r
+    assert lr_label["REHRSegTrainer_lrCentre"].unique().tolist() == [0]  # slice r // 2 of each group
 
 
 def test_rehrseg_predict_help_shows_rehrseg_defaults_and_no_inert_option():

@@ -23,7 +23,7 @@ from torch import autocast
 from torch.profiler import record_function
 
 from rehrseg_nnunet.contract import StageContract
-from rehrseg_nnunet.degradation import labels_to_lr_tensor
+from rehrseg_nnunet.degradation import centre_slice_labels, labels_to_lr_tensor
 from rehrseg_nnunet.errors import RehrsegInputError
 from rehrseg_nnunet.losses import (
     UncertaintyWeightedCE,
@@ -64,6 +64,9 @@ class REHRSegTrainer(nnUNetTrainer):
     lr_dice_with_uncertainty = False
     #: in-plane mirror axes of training augmentation (ablation; METHOD.md: none)
     training_mirror_axes: tuple[int, ...] | None = None
+    #: LR target of each group of r HR label slices: "majority" (centre breaks ties; DESIGN.md) or "centre"
+    #: (the centre slice alone, the authors' label at the acquired position; ablation)
+    lr_target_rule: str = "majority"
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = DEFAULT_DEVICE):
@@ -203,10 +206,13 @@ class REHRSegTrainer(nnUNetTrainer):
             trainer_module.nnUNetDataLoader = original
 
     def lr_targets(self, hr_target: torch.Tensor, uncertainty: torch.Tensor) -> tuple[list, list]:
-        """LR labels (majority of each group of r, centre breaks ties) and pooled uncertainty, at every
+        """LR labels (``lr_target_rule`` over each group of r) and pooled uncertainty, at every
         deep-supervision scale of the LR U-Net (nearest-exact downsampling, as nnU-Net's DS transform).
         Computed on the tensors' device: no per-step CPU work beyond nnU-Net's own."""
-        lr_label = labels_to_lr_tensor(hr_target, self.scale_factor, self.label_manager.num_segmentation_heads)
+        if self.lr_target_rule == "centre":
+            lr_label = centre_slice_labels(hr_target, self.scale_factor)
+        else:
+            lr_label = labels_to_lr_tensor(hr_target, self.scale_factor, self.label_manager.num_segmentation_heads)
         lr_uncertainty = pool_thick_slices(uncertainty, self.scale_factor)
         labels, uncertainties = [lr_label], [lr_uncertainty]
         for scale in (self._lr_deep_supervision_scales() or [])[1:]:

@@ -9,7 +9,7 @@ from torch import nn
 from rehrseg_nnunet.training.trainer import DEFAULT_DEVICE, REHRSegTrainer
 
 __all__ = ["REHRSegTrainer_noUASR", "REHRSegTrainer_noDistill", "REHRSegTrainer_noHRHead", "REHRSegTrainer_lrDice",
-           "REHRSegTrainer_mirror", "REHRSegTrainer_fgOversample",
+           "REHRSegTrainer_mirror", "REHRSegTrainer_fgOversample", "REHRSegTrainer_lrCentre",
            "REHRSegTrainer_debug", "REHRSegTrainer_noUASR_debug", "REHRSegTrainer_noDistill_debug",
            "REHRSegTrainer_noHRHead_debug", "REHRSegTrainer_cpu", "REHRSegTrainer_noUASR_cpu",
            "REHRSegTrainer_noDistill_cpu", "REHRSegTrainer_noHRHead_cpu", "REHRSegTrainer_cpu50epochs",
@@ -39,6 +39,12 @@ class REHRSegTrainer_mirror(REHRSegTrainer):
     """Ablation: training augmentation mirrors the two in-plane axes (never the slice axis)."""
 
     training_mirror_axes = (1, 2)
+
+
+class REHRSegTrainer_lrCentre(REHRSegTrainer):
+    """Ablation: the LR target of each group of r HR label slices is its centre slice, not the majority."""
+
+    lr_target_rule = "centre"
 
 
 class REHRSegTrainer_fgOversample(REHRSegTrainer):
