@@ -144,8 +144,9 @@ def labels_to_lr_tensor(labels: torch.Tensor, scale_factor: int, num_classes: in
 def centre_slice_labels(labels: torch.Tensor, scale_factor: int) -> torch.Tensor:
     """The centre slice (index r // 2) of each group of r along axis 2 of a (B, C, S*r, …) label tensor.
 
-    The alternative LR-target rule (the label at the acquired position, as the authors take it), kept for
-    the ablation ``REHRSegTrainer_lrCentre``; :func:`labels_to_lr_tensor` is the rule used everywhere else.
+    The alternative LR-target rule (one HR slice per thick slice, as the authors take the label at the acquired
+    position; with even r the thick slice's centre lies between slices r // 2 - 1 and r // 2), kept for the
+    ablation ``REHRSegTrainer_lrCentre``; :func:`labels_to_lr_tensor` is the rule used everywhere else.
     """
     r = int(scale_factor)
     if labels.shape[2] % r:

@@ -65,7 +65,7 @@ class REHRSegTrainer(nnUNetTrainer):
     #: in-plane mirror axes of training augmentation (ablation; METHOD.md: none)
     training_mirror_axes: tuple[int, ...] | None = None
     #: LR target of each group of r HR label slices: "majority" (centre breaks ties; DESIGN.md) or "centre"
-    #: (the centre slice alone, the authors' label at the acquired position; ablation)
+    #: (slice r // 2 of the group alone, one slice at the acquired position as the authors take it; ablation)
     lr_target_rule: str = "majority"
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
