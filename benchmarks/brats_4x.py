@@ -14,9 +14,10 @@ The method's protocol (METHOD.md): REHRSeg is fine-tuned from the converged LR n
 - ``sr_nnunet``: the pseudo-HR dataset (``rehrseg_make_pseudohr``) with the stock trainer, test image
   super-resolved by the same SR model;
 - ``rehrseg`` and its ablations ``rehrseg_noUASR``, ``rehrseg_noDistill``, ``rehrseg_noHRHead``, ``rehrseg_lrDice``,
-  ``rehrseg_mirror``, ``rehrseg_fgOversample``, ``rehrseg_lrCentre``: an LR nnU-Net
+  ``rehrseg_mirror``, ``rehrseg_fgOversample``, ``rehrseg_lrCentre``, ``rehrseg_fineTuneLr1en2``: an LR nnU-Net
   trained for E1 epochs (``nnunet_lr_init``), then REHRSegTrainer fine-tuned from its checkpoint for E2
-  (``rehrseg_plan --lr_plans`` gives the inner U-Net its topology; lr 1e-3), predicted with ``rehrseg_predict``;
+  (``rehrseg_plan --lr_plans`` gives the inner U-Net its topology; lr 1e-3, or 1e-2 for the last),
+  predicted with ``rehrseg_predict``;
 - ``oracle_hr``: stock nnU-Net on the true 1 mm images and labels, predicted from the 1 mm test image (ceiling).
 The self-SR model is trained (``rehrseg_train_sr``) on the LR training cases of the split only.
 
@@ -309,6 +310,7 @@ REHRSEG_METHODS = {
     "rehrseg_lrDice": "REHRSegTrainer_lrDice", "rehrseg_mirror": "REHRSegTrainer_mirror",
     "rehrseg_fgOversample": "REHRSegTrainer_fgOversample",
     "rehrseg_lrCentre": "REHRSegTrainer_lrCentre",  # LR target: the centre slice of each group, not the majority
+    "rehrseg_fineTuneLr1en2": "REHRSegTrainer_fineTuneLr1en2",  # fine-tuning at nnU-Net's lr 1e-2, not 1e-3
 }
 
 

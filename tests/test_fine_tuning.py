@@ -243,6 +243,38 @@ def test_ablation_variants_change_only_their_setting(fine_tuned, monkeypatch):
     assert lr_label["REHRSegTrainer_lrCentre"].unique().tolist() == [0]  # slice r // 2 of each group
 
 
+def test_fine_tuning_rate_variant_starts_at_its_own_rate_and_a_bad_target_rule_is_one_line(fine_tuned, monkeypatch,
+                                                                                           capsys):
+    """fineTuneLr1en2: the schedule that -pretrained_weights starts begins at 1e-2 (the default's at 1e-3, as
+    the nnUNetv2_train test above shows); a subclass with an unknown LR-target rule stops in its constructor."""
+    from rehrseg_nnunet.training.fine_tuning import LOADED_ATTRIBUTE, STATE_KEY
+    from rehrseg_nnunet.training.trainer import REHRSegTrainer
+    from rehrseg_nnunet.training.variants import REHRSegTrainer_fineTuneLr1en2
+
+    for key, value in fine_tuned["env"].items():
+        monkeypatch.setenv(key, value)
+    preprocessed = fine_tuned["root"] / "preprocessed" / "Dataset616_PhantomPseudoHR"
+    plans = json.loads((preprocessed / "REHRSegPlans.json").read_text())
+    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+    trainer = REHRSegTrainer_fineTuneLr1en2({**plans, "continue_training": False}, "3d_fullres", "all", dataset_json,
+                                            torch.device("cpu"))
+    trainer.initialize()
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.01  # nnU-Net's default before any weights load
+    setattr(trainer._unwrapped(), LOADED_ATTRIBUTE, (str(fine_tuned["checkpoint"]), 1))
+    trainer._start_fine_tuning_if_pretrained()
+    assert trainer.initial_lr == 0.01 and trainer.optimizer.param_groups[0]["lr"] == 0.01
+    assert trainer.my_init_kwargs[STATE_KEY]["initial_lr"] == 0.01
+
+    class REHRSegTrainer_typo(REHRSegTrainer):
+        lr_target_rule = "center"
+
+    with pytest.raises(SystemExit):
+        REHRSegTrainer_typo({**plans, "continue_training": False}, "3d_fullres", "all", dataset_json,
+                            torch.device("cpu"))
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "lr_target_rule is 'center'" in error and "'centre'" in error
+
+
 def test_rehrseg_predict_help_shows_rehrseg_defaults_and_no_inert_option():
     result = run_script("rehrseg_predict", ["-h"], {})
     assert_ok(result)

@@ -67,10 +67,15 @@ class REHRSegTrainer(nnUNetTrainer):
     #: LR target of each group of r HR label slices: "majority" (centre breaks ties; DESIGN.md) or "centre"
     #: (slice r // 2 of the group alone, one slice at the acquired position as the authors take it; ablation)
     lr_target_rule: str = "majority"
+    #: initial lr of the poly schedule once -pretrained_weights loaded the LR nnU-Net (METHOD.md: 1e-3)
+    fine_tuning_lr: float = FINE_TUNING_LR
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = DEFAULT_DEVICE):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.lr_target_rule not in ("majority", "centre"):
+            fail(f"{type(self).__name__}.lr_target_rule is '{self.lr_target_rule}'; set it to 'majority' or "
+                 "'centre'.")
         if self.configuration_manager.network_arch_class_name != NETWORK_CLASS:
             fail(f"plans '{self.plans_manager.plans_name}' do not build the REHRSeg network; run rehrseg_plan -d "
                  f"{self.plans_manager.dataset_name} and train with -p {PLANS_NAME}.")
@@ -127,9 +132,9 @@ class REHRSegTrainer(nnUNetTrainer):
         loaded = getattr(self._unwrapped(), LOADED_ATTRIBUTE, None)
         if loaded and STATE_KEY not in self.my_init_kwargs:
             path, tensors = loaded
-            self.my_init_kwargs[STATE_KEY] = {"initial_lr": FINE_TUNING_LR, "pretrained_weights": path}
+            self.my_init_kwargs[STATE_KEY] = {"initial_lr": self.fine_tuning_lr, "pretrained_weights": path}
             self.print_to_log_file(f"-pretrained_weights: loaded {tensors} inner U-Net tensors from {path}; HR head "
-                                   f"and projection start fresh; lr {FINE_TUNING_LR}")
+                                   f"and projection start fresh; lr {self.fine_tuning_lr}")
         self._apply_fine_tuning_state()
 
     def _apply_fine_tuning_state(self) -> None:

@@ -10,6 +10,7 @@ from rehrseg_nnunet.training.trainer import DEFAULT_DEVICE, REHRSegTrainer
 
 __all__ = ["REHRSegTrainer_noUASR", "REHRSegTrainer_noDistill", "REHRSegTrainer_noHRHead", "REHRSegTrainer_lrDice",
            "REHRSegTrainer_mirror", "REHRSegTrainer_fgOversample", "REHRSegTrainer_lrCentre",
+           "REHRSegTrainer_fineTuneLr1en2",
            "REHRSegTrainer_debug", "REHRSegTrainer_noUASR_debug", "REHRSegTrainer_noDistill_debug",
            "REHRSegTrainer_noHRHead_debug", "REHRSegTrainer_cpu", "REHRSegTrainer_noUASR_cpu",
            "REHRSegTrainer_noDistill_cpu", "REHRSegTrainer_noHRHead_cpu", "REHRSegTrainer_cpu50epochs",
@@ -45,6 +46,12 @@ class REHRSegTrainer_lrCentre(REHRSegTrainer):
     """Ablation: the LR target of each group of r HR label slices is its centre slice, not the majority."""
 
     lr_target_rule = "centre"
+
+
+class REHRSegTrainer_fineTuneLr1en2(REHRSegTrainer):
+    """Ablation: fine-tuning from the LR nnU-Net starts at nnU-Net's default lr 1e-2, not METHOD.md's 1e-3."""
+
+    fine_tuning_lr = 1e-2
 
 
 class REHRSegTrainer_fgOversample(REHRSegTrainer):
