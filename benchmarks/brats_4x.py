@@ -13,7 +13,10 @@ The method's protocol (METHOD.md): REHRSeg is fine-tuned from the converged LR n
 - ``interp_nnunet``: images cubic-B-spline- and labels shape-based-upsampled to 1 mm, stock nnU-Net there;
 - ``sr_nnunet``: the pseudo-HR dataset (``rehrseg_make_pseudohr``) with the stock trainer, test image
   super-resolved by the same SR model;
-- ``rehrseg`` and its ablations ``rehrseg_noUASR``, ``rehrseg_noDistill``, ``rehrseg_noHRHead``, ``rehrseg_lrDice``,
+- ``rehrseg`` (``-tr REHRSegTrainer``), ``rehrseg_paper`` (the paper's network, ``REHRSegTrainer_paper``), the
+  SR-guided designs ``rehrseg_hrStem`` / ``rehrseg_hrLevel`` (predicted from the test image super-resolved by
+  the SR model the model carries) and the ablations ``rehrseg_noUASR``, ``rehrseg_noDistill``,
+  ``rehrseg_noHRHead``, ``rehrseg_lrDice``,
   ``rehrseg_mirror``, ``rehrseg_fgOversample``, ``rehrseg_lrCentre``, ``rehrseg_fineTuneLr1en2``: an LR nnU-Net
   trained for E1 epochs (``nnunet_lr_init``), then REHRSegTrainer fine-tuned from its checkpoint for E2
   (``rehrseg_plan --lr_plans`` gives the inner U-Net its topology; lr 1e-3, or 1e-2 for the last),
@@ -212,10 +215,27 @@ def train(method: Method, args) -> float | None:
     trainer.run_training()
     seconds = time.perf_counter() - started
     del trainer
+    record = train_record(method)  # seconds of every sitting, so a resumed model still has its training time
+    write_json_atomically(os.path.join(folder, "fold_all", TRAIN_RECORD),
+                          {"seconds": (record or {}).get("seconds", 0.0) + seconds,
+                           "iterations": method.epochs * args.iterations})
     return seconds
 
 
+TRAIN_RECORD = "benchmark_train_seconds.json"
+
+
+def train_record(method: Method) -> dict | None:
+    """The training seconds a model took over all its sittings (None when not recorded)."""
+    path = os.path.join(model_folder(method), "fold_all", TRAIN_RECORD)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as handle:
+        return json.load(handle)
+
+
 def predict(method: Method, output: str, args) -> None:
+    """Predict the test images; the marker records the seconds (super-resolution included for guided models)."""
     marker = os.path.join(output, "benchmark_predict_complete.json")  # a killed run may leave truncated files
     if os.path.isfile(marker):
         return
@@ -304,7 +324,11 @@ def splits(args) -> list[tuple[str, list[str], list[str]]]:
 
 #: REHRSeg and its ablations (result key -> trainer), each fine-tuned from the same LR nnU-Net checkpoint
 REHRSEG_METHODS = {
-    "rehrseg": "REHRSegTrainer", "rehrseg_noUASR": "REHRSegTrainer_noUASR",
+    "rehrseg": "REHRSegTrainer",  # the default design of -tr REHRSegTrainer
+    # the paper's network and the two designs of the SR-guided HR branch (DESIGN.md, "HR guidance")
+    "rehrseg_paper": "REHRSegTrainer_paper", "rehrseg_hrStem": "REHRSegTrainer_hrStem",
+    "rehrseg_hrLevel": "REHRSegTrainer_hrLevel",
+    "rehrseg_noUASR": "REHRSegTrainer_noUASR",
     "rehrseg_noDistill": "REHRSegTrainer_noDistill", "rehrseg_noHRHead": "REHRSegTrainer_noHRHead",
     # issue 14's per-class questions: a Dice term in the LR loss, mirroring, all patches on foreground
     "rehrseg_lrDice": "REHRSegTrainer_lrDice", "rehrseg_mirror": "REHRSegTrainer_mirror",
@@ -407,7 +431,14 @@ def score_split(work: str, methods: list[Method], seconds: dict, test_cases: lis
             continue
         predictions = scored_predictions(key, output, test_cases)
         per_case = {case: score_case(hr, lr, case, references) for case, (hr, lr) in predictions.items()}
+        with open(os.path.join(output, "benchmark_predict_complete.json")) as handle:
+            predict_seconds = json.load(handle)["seconds"]
+        record = train_record(method)
+        trained = record["seconds"] if record else None
         results[key] = {"per_case": per_case, "train_seconds": seconds.get(method_name), "trainer": method.trainer,
+                        "train_seconds_all_sittings": trained,
+                        "train_seconds_per_iteration": trained / (method.epochs * args.iterations) if trained else None,
+                        "predict_seconds_per_volume": predict_seconds / len(test_cases),
                         "plans": method.plans, "dataset": method.dataset, "epochs": method.epochs,
                         "total_iterations": (method.epochs + (args.lr_epochs if method.initialised_from else 0))
                         * args.iterations}

@@ -93,3 +93,52 @@ def write_image_verified(image: sitk.Image, path: str) -> None:
                                                                   sitk.GetArrayViewFromImage(image)):
         raise RehrsegInputError(f"{path} was not written completely (its read-back differs); check free space and the "
                                 f"file-size limit (ulimit -f) for {folder}.")
+
+
+#: hidden subfolder beside an output where images are written before their rename (``PID_NAME``)
+PARTIAL_FOLDER = ".partial"
+
+
+def partial_path(path: str) -> str:
+    """Where :func:`write_image_atomically` writes ``path`` first: a hidden subfolder of its folder, so that the
+    temporary keeps the file ending (the writer is chosen by it) yet never looks like an output or an input."""
+    folder, name = os.path.split(os.path.abspath(path))
+    os.makedirs(os.path.join(folder, PARTIAL_FOLDER), exist_ok=True)
+    return os.path.join(folder, PARTIAL_FOLDER, f"{os.getpid()}_{name}")
+
+
+def remove_stale_partial_files(folder: str) -> int:
+    """Delete what killed writers left in ``folder``'s partial subfolder (live writers' files stay).
+    Returns how many were deleted."""
+    partial = os.path.join(folder, PARTIAL_FOLDER)
+    if not os.path.isdir(partial):
+        return 0
+    removed = 0
+    for name in os.listdir(partial):
+        pid = name.split("_", 1)[0]
+        if not pid.isdigit() or not process_alive(int(pid)):
+            os.remove(os.path.join(partial, name))
+            removed += 1
+    if not os.listdir(partial):
+        os.rmdir(partial)
+    return removed
+
+
+def publish(partial: str, path: str) -> None:
+    """Rename a finished partial file to its final name (and drop the partial folder once empty)."""
+    os.replace(partial, path)
+    try:
+        os.rmdir(os.path.dirname(partial))
+    except OSError:
+        pass  # other files still being written there
+
+
+def write_image_atomically(image: sitk.Image, path: str) -> None:
+    """:func:`write_image_verified` to a partial file, then renamed: ``path`` is complete or absent."""
+    partial = partial_path(path)
+    try:
+        write_image_verified(image, partial)
+        publish(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)

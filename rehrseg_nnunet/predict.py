@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import json
 import os
+import shutil
 import sys
 
+import numpy as np
+import SimpleITK as sitk
 import torch
 from nnunetv2.inference import predict_from_raw_data
 from nnunetv2.inference.export_prediction import export_prediction_from_logits
@@ -22,10 +26,19 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from rehrseg_nnunet.contract import StageContract
 from rehrseg_nnunet.dataset_io import check_gzip_complete, check_thick_slice_header
+from rehrseg_nnunet.degradation import labels_to_lr
 from rehrseg_nnunet.errors import RehrsegInputError
+from rehrseg_nnunet.file_writing import partial_path, publish, remove_stale_partial_files, write_image_atomically
 from rehrseg_nnunet.geometry import Grid
 from rehrseg_nnunet.planning import NETWORK_CLASS
+from rehrseg_nnunet.sr.carried import RETRAIN_HINT, decode_bundle
+from rehrseg_nnunet.super_resolve import is_complete_image, super_resolve_cases
 from rehrseg_nnunet.training import EXT_TRAINER_FOLDER
+
+#: hidden subfolder of the output folder where a guided prediction keeps its super-resolved inputs meanwhile
+SUPER_RESOLVED_FOLDER = ".rehrseg_super_resolved"
+CARRIED_KEY = "carried_sr.bundle"
+GUIDED_KEY_PREFIX = "rehrseg.seg_layers.hr_encoder."
 
 
 def model_contract(plans_manager, configuration_manager) -> StageContract | None:
@@ -61,18 +74,84 @@ def hr_properties(properties: dict, plans_manager, configuration_manager) -> dic
     return out
 
 
+def is_hr_input(properties: dict, plans_manager, configuration_manager) -> bool:
+    """Whether nnU-Net read a case on the HR grid (a super-resolved input) rather than the thick-slice grid."""
+    contract = model_contract(plans_manager, configuration_manager)
+    spacing = properties["spacing"][contract.numpy_slice_axis]
+    hr = contract.thick_spacing / contract.scale_factor
+    return abs(spacing - hr) < abs(spacing - contract.thick_spacing)
+
+
+def _export_atomically(predicted_array_or_file, properties: dict, configuration_manager, plans_manager,
+                       dataset_json_dict_or_file, output_file_truncated: str, save_probabilities: bool = False,
+                       convert=None) -> None:
+    """nnU-Net's export to a partial name, then renamed: a killed export never leaves a file that passes for a
+    finished one (the segmentation is renamed last, so its presence means the case is complete)."""
+    dataset_json = dataset_json_dict_or_file
+    if isinstance(dataset_json, str):
+        with open(dataset_json) as handle:
+            dataset_json = json.load(handle)
+    ending = dataset_json["file_ending"]
+    partial = partial_path(output_file_truncated + ending)[: -len(ending)]
+    suffixes = [".npz", ".pkl"] if save_probabilities else []
+    try:
+        export_prediction_from_logits(predicted_array_or_file, properties, configuration_manager, plans_manager,
+                                      dataset_json, partial, save_probabilities)
+        if convert is not None:
+            convert(partial, ending, save_probabilities)
+        for suffix in suffixes + [ending]:
+            publish(partial + suffix, output_file_truncated + suffix)
+    finally:
+        for suffix in suffixes + [ending]:
+            if os.path.exists(partial + suffix):
+                os.remove(partial + suffix)
+
+
 def export_hr_prediction(predicted_array_or_file, properties_dict: dict, configuration_manager, plans_manager,
-                         *args, **kwargs):
-    """nnU-Net's export_prediction_from_logits, on the HR grid (importable: runs in nnU-Net's spawn pool)."""
-    return export_prediction_from_logits(predicted_array_or_file,
-                                         hr_properties(properties_dict, plans_manager, configuration_manager),
-                                         configuration_manager, plans_manager, *args, **kwargs)
+                         dataset_json_dict_or_file, output_file_truncated: str, save_probabilities: bool = False):
+    """nnU-Net's export on the HR grid, written atomically (importable: runs in nnU-Net's spawn pool). A
+    thick-slice input's properties are rewritten for its HR grid; a super-resolved input is on it already."""
+    if not is_hr_input(properties_dict, plans_manager, configuration_manager):
+        properties_dict = hr_properties(properties_dict, plans_manager, configuration_manager)
+    _export_atomically(predicted_array_or_file, properties_dict, configuration_manager, plans_manager,
+                       dataset_json_dict_or_file, output_file_truncated, save_probabilities)
+
+
+def export_on_input_grid(predicted_array_or_file, properties_dict: dict, configuration_manager, plans_manager,
+                         dataset_json_dict_or_file, output_file_truncated: str, save_probabilities: bool = False):
+    """Stock ``nnUNetv2_predict``'s export for a REHRSeg model, atomic and on the thick-slice input's grid: a
+    super-resolved input's HR segmentation comes down by the majority rule of each group of r slices (the LR
+    label rule used everywhere), its probabilities by their mean."""
+    convert = None
+    if is_hr_input(properties_dict, plans_manager, configuration_manager):
+        contract = model_contract(plans_manager, configuration_manager)
+        convert = functools.partial(_hr_files_to_lr, contract=contract)
+    _export_atomically(predicted_array_or_file, properties_dict, configuration_manager, plans_manager,
+                       dataset_json_dict_or_file, output_file_truncated, save_probabilities, convert)
+
+
+def _hr_files_to_lr(partial: str, ending: str, save_probabilities: bool, contract: StageContract) -> None:
+    r, numpy_axis = contract.scale_factor, contract.numpy_slice_axis
+    hr = sitk.ReadImage(partial + ending)
+    lr_grid = Grid.from_image(hr).coarsen(contract.slice_axis, r)
+    lr = lr_grid.image_from_array(labels_to_lr(sitk.GetArrayFromImage(hr), numpy_axis, r))
+    os.remove(partial + ending)
+    write_image_atomically(lr, partial + ending)
+    if save_probabilities:
+        probabilities = np.load(partial + ".npz")["probabilities"]
+        shape = list(probabilities.shape)
+        shape[numpy_axis + 1: numpy_axis + 2] = [shape[numpy_axis + 1] // r, r]
+        np.savez_compressed(partial + ".npz", probabilities=probabilities.reshape(shape).mean(numpy_axis + 2))
 
 
 def check_rehrseg_model(model_folder: str) -> None:
     """Refuse with one line unless the model folder's plans build the REHRSeg network (read before any weights)."""
     plans_file = os.path.join(model_folder, "plans.json")
     network = None
+    missing = [n for n in ("plans.json", "dataset.json") if not os.path.isfile(os.path.join(model_folder, n))]
+    if missing:
+        raise RehrsegInputError(f"{model_folder} has no {' or '.join(missing)}: it is not a complete trained model "
+                                "(an interrupted export or install?); install it again from a complete export.")
     if os.path.isfile(plans_file):
         with open(plans_file) as handle:
             configurations = json.load(handle).get("configurations", {})
@@ -189,8 +268,10 @@ def check_input_folder(input_folder: str, dataset_json: dict, contract: StageCon
 
 def install_stock_predictor_hook() -> None:
     """Give stock ``nnUNetv2_predict`` with a REHRSeg model what ``rehrseg_predict`` has: every input checked
-    against the model (one line naming the file, exit status 2, nothing predicted) and sliding windows that
-    start at thick-slice boundaries. Its export stays nnU-Net's (the LR input grid).
+    against the model (one line naming the file, exit status 2, nothing predicted, the ``-o`` folder nnU-Net
+    created removed again), sliding windows that start at thick-slice boundaries, super-resolution of each
+    input by the SR model a guided network carries, and atomic exports that ``--continue_prediction`` redoes
+    when incomplete. Its export stays on the thick-slice input's grid.
 
     nnU-Net imports the trainer shim while it initialises the predictor from the model folder, so this runs
     before ``predict_from_files``; models without a ``rehrseg`` block are left alone.
@@ -201,24 +282,144 @@ def install_stock_predictor_hook() -> None:
             setattr(nnUNetPredictor, name, _with_rehrseg_checks(original))
 
 
+def is_guided(network) -> bool:
+    """Whether a REHRSeg network predicts from super-resolved images (an HR guidance design)."""
+    from rehrseg_nnunet.training.fine_tuning import unwrap
+    return getattr(unwrap(network), "hr_guidance", "none") != "none"
+
+
+def carried_payload(network, dataset_json: dict, source: str) -> dict:
+    """The SR model a guided network carries, checked against the model's stage contract (the SR checkpoint
+    that made its training data).
+
+    Raises:
+        RehrsegInputError: none carried, damaged, or another SR model than the dataset's.
+    """
+    from rehrseg_nnunet.training.fine_tuning import unwrap
+    payload = decode_bundle(unwrap(network).carried_sr.bundle, source)
+    contract = StageContract.from_dataset_json(dataset_json, f"the dataset.json of {source}")
+    carried = payload["sha256"].get(payload["stage"])
+    if contract.sr_checkpoint_sha256 and carried != contract.sr_checkpoint_sha256:
+        raise RehrsegInputError(f"the SR model carried by {source} is not the one that made its training data "
+                                f"(SHA-256 {str(carried)[:12]}... vs {contract.sr_checkpoint_sha256[:12]}... in its "
+                                f"dataset.json); {RETRAIN_HINT}.")
+    return payload
+
+
+def check_carried_sr_model(model_folder: str, folds: list[str], checkpoint_name: str) -> None:
+    """Before anything is written: a guided model's checkpoints must carry the SR model of its dataset."""
+    from rehrseg_nnunet.sr.carried import CarriedSRModel
+
+    with open(os.path.join(model_folder, "dataset.json")) as handle:
+        dataset_json = json.load(handle)
+    for fold in folds:
+        path = os.path.join(model_folder, f"fold_{fold}", checkpoint_name)
+        try:
+            weights = torch.load(path, map_location="cpu", weights_only=False)["network_weights"]
+        except (OSError, RuntimeError, EOFError, KeyError, ValueError) as error:
+            raise RehrsegInputError(f"{path} is not a readable nnU-Net checkpoint ({type(error).__name__}); train "
+                                    "that fold again (or --c to resume it) or restore the file.") from None
+        if not any(k.startswith(GUIDED_KEY_PREFIX) for k in weights):
+            continue
+        holder = CarriedSRModel()
+        holder.bundle = weights.get(CARRIED_KEY, holder.bundle)
+        carried_payload(holder_network(holder), dataset_json, path)
+
+
+def holder_network(carried) -> torch.nn.Module:
+    """A module with ``carried_sr`` (what :func:`carried_payload` reads), for a bundle read off a checkpoint."""
+    module = torch.nn.Module()
+    module.carried_sr = carried
+    return module
+
+
+def _case_name(files: list[str], ending: str) -> str:
+    return os.path.basename(files[0])[: -(len(ending) + 5)]
+
+
+def _remove_incomplete_outputs(output_folder: str, ending: str) -> None:
+    """What a killed run left: partial files of dead writers, and outputs that do not read to their end."""
+    if not os.path.isdir(output_folder):
+        return
+    remove_stale_partial_files(output_folder)
+    for name in os.listdir(output_folder):
+        path = os.path.join(output_folder, name)
+        if name.endswith(ending) and not is_complete_image(path):
+            print(f"{path} is incomplete or unreadable: predicting it again")
+            os.remove(path)
+
+
+def _predict_guided(self, predict_method, bound: inspect.BoundArguments):
+    """Super-resolve the cases still to predict (one case at a time) with the carried SR model, then predict
+    from those images; the super-resolved copies are removed afterwards."""
+    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
+
+    arguments = bound.arguments
+    output = arguments["output_folder_or_list_of_truncated_output_files"]
+    if not isinstance(output, str):
+        raise RehrsegInputError("an SR-guided REHRSeg model predicts into an output folder; pass -o FOLDER.")
+    ending = self.dataset_json["file_ending"]
+    source = arguments["list_of_lists_or_source_folder"]
+    cases = create_lists_from_splitted_dataset_folder(source, ending) if isinstance(source, str) else source
+    payload = carried_payload(self.network, self.dataset_json, f"the REHRSeg model ({self.trainer_name})")
+    if not arguments["overwrite"]:
+        cases = [c for c in cases if not os.path.isfile(os.path.join(output, _case_name(c, ending) + ending))]
+    if not cases:
+        print(f"every case already has its segmentation in {output}; nothing to predict")
+        return None
+    from rehrseg_nnunet.sr.infer import SuperResolver
+
+    resolver = SuperResolver.from_payload(payload, self.device, source=f"the SR model of {self.trainer_name}")
+    super_resolved = os.path.join(output, SUPER_RESOLVED_FOLDER)
+    try:
+        arguments["list_of_lists_or_source_folder"] = super_resolve_cases(
+            cases, super_resolved, resolver, overwrite=True, progress=self.allow_tqdm)
+        del resolver, payload
+        return predict_method(*bound.args, **bound.kwargs)
+    finally:
+        shutil.rmtree(super_resolved, ignore_errors=True)
+
+
+def _refuse(error: RehrsegInputError, output) -> None:
+    """Stock nnUNetv2_predict's refusal: one line, exit status 2, and no empty -o folder left behind."""
+    if isinstance(output, str) and os.path.isdir(output) and not os.listdir(output):
+        os.rmdir(output)
+    print(f"nnUNetv2_predict: error: {error}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _with_rehrseg_checks(predict_method):
     # nnU-Net reads its own parameters back through inspect.signature(self.predict_from_files): keep them
     @functools.wraps(predict_method)
     def predict(self, list_of_lists_or_source_folder, *args, **kwargs):
         manager = getattr(self, "configuration_manager", None)
         contract = model_contract(self.plans_manager, manager) if manager is not None else None
-        if contract is not None and not isinstance(self, REHRSegPredictor):
-            if isinstance(list_of_lists_or_source_folder, str):
-                try:
-                    check_input_folder(list_of_lists_or_source_folder, self.dataset_json, contract,
-                                       f"the REHRSeg model ({self.trainer_name})")
-                except RehrsegInputError as error:
-                    print(f"nnUNetv2_predict: error: {error}", file=sys.stderr)
-                    raise SystemExit(2) from None
+        if contract is None:
+            return predict_method(self, list_of_lists_or_source_folder, *args, **kwargs)
+        bound = inspect.signature(predict_method).bind(self, list_of_lists_or_source_folder, *args, **kwargs)
+        bound.apply_defaults()
+        output = bound.arguments["output_folder_or_list_of_truncated_output_files"]
+        stock = not isinstance(self, REHRSegPredictor)
+        try:
+            if stock and isinstance(list_of_lists_or_source_folder, str):
+                check_input_folder(list_of_lists_or_source_folder, self.dataset_json, contract,
+                                   f"the REHRSeg model ({self.trainer_name})")
+            if is_guided(self.network):
+                carried_payload(self.network, self.dataset_json, f"the REHRSeg model ({self.trainer_name})")
+        except RehrsegInputError as error:
+            if not stock:
+                raise
+            _refuse(error, output)
+        if stock:
             # the same network and weights; only the window placement (and the short-image padding) differ
             self.__class__ = REHRSegPredictor
             self.scale_factor = contract.scale_factor
-        return predict_method(self, list_of_lists_or_source_folder, *args, **kwargs)
+            predict_from_raw_data.export_prediction_from_logits = export_on_input_grid
+        if not bound.arguments["overwrite"] and isinstance(output, str):
+            _remove_incomplete_outputs(output, self.dataset_json["file_ending"])
+        if is_guided(self.network):
+            return _predict_guided(self, predict_method, bound)
+        return predict_method(*bound.args, **bound.kwargs)
 
     predict.rehrseg_hook = True
     return predict
@@ -234,6 +435,7 @@ def ensure_ext_trainer_path() -> None:
 def run_nnunet_prediction(argv: list[str], from_model_folder: bool = False) -> None:
     """nnU-Net's prediction entry point on ``argv`` with the REHRSeg predictor and HR export swapped in."""
     ensure_ext_trainer_path()
+    install_stock_predictor_hook()
     predict_from_raw_data.nnUNetPredictor = REHRSegPredictor
     predict_from_raw_data.export_prediction_from_logits = export_hr_prediction
     entry = "predict_entry_point_modelfolder" if from_model_folder else "predict_entry_point"

@@ -188,3 +188,56 @@ def test_no_hr_head_variant_upsamples_the_lr_logits():
     assert hr.shape == (1, 3, 16, 16, 16)
     # upsampled LR logits: every group of 4 HR slices varies only linearly, no head convolution
     assert net.hr_from_lr
+
+
+def build_guided(r: int, hr_guidance: str) -> REHRSegUNet:
+    torch.manual_seed(0)
+    network = REHRSegUNet(**UNET_KWARGS, deep_supervision=True, scale_factor=r, distillation_channels=6,
+                          hr_guidance=hr_guidance, guidance_channels=5)
+    network.apply(network.initialize)  # as nnU-Net's get_network_from_plans does
+    return network
+
+
+@pytest.mark.parametrize("hr_guidance", ["stem", "level"])
+def test_guided_hr_logits_see_the_full_resolution_input(hr_guidance):
+    """With HR guidance, changing the HR input within each group of r slices (same thick-slice mean, so the LR
+    branch's input is unchanged) changes the HR logits; the paper's network cannot see such a change."""
+    r = 4
+    x = torch.randn(1, 1, 4 * r, 16, 16)
+    within_groups = torch.randn_like(x).view(1, 1, 4, r, 16, 16)
+    within_groups = (within_groups - within_groups.mean(3, keepdim=True)).view_as(x)
+    torch.testing.assert_close(pool_thick_slices(x + within_groups, r), pool_thick_slices(x, r))
+    for guidance, expect_change in ((hr_guidance, True), ("none", False)):
+        net = build_guided(r, guidance).eval()
+        with torch.no_grad():
+            difference = (net(x + within_groups) - net(x)).abs().max().item()
+        assert (difference > 1e-4) == expect_change, (guidance, difference)
+
+
+@pytest.mark.parametrize("hr_guidance", ["stem", "level"])
+def test_guided_network_shapes_and_fine_tuning_start(hr_guidance):
+    """Guided networks give the same outputs' shapes; the inner U-Net keeps PlainConvUNet's keys (so
+    -pretrained_weights fills it), every new layer is under rehrseg.seg_layers (skipped by nnU-Net's loader),
+    and a full-resolution level starts with the LR logits of the LR U-Net alone (zero-initialised injection)."""
+    r = 3
+    net = build_guided(r, hr_guidance)
+    x = torch.randn(2, 1, 4 * r, 16, 16)
+    out = net(x)
+    assert out["hr"].shape == (2, 3, 4 * r, 16, 16)
+    assert [tuple(o.shape) for o in out["lr"]] == [(2, 3, 4, 16, 16), (2, 3, 4, 8, 8)]
+    plain = PlainConvUNet(**UNET_KWARGS, deep_supervision=True)
+    missing, unexpected = plain.load_state_dict(net.state_dict(), strict=False)
+    assert not missing and all(key.startswith("rehrseg.seg_layers.") for key in unexpected)
+    assert any(".hr_encoder." in key for key in unexpected)
+    if hr_guidance == "level":
+        assert net.rehrseg["seg_layers"]["hr_to_lr"].weight.abs().max() == 0
+        with torch.no_grad():
+            torch.testing.assert_close(net(x)["lr"][0], plain(pool_thick_slices(x, r))[0], rtol=0, atol=0)
+    loss = out["hr"].square().mean() + out["lr"][0].square().mean()
+    loss.backward()
+    assert net.rehrseg["seg_layers"]["hr_encoder"].convs[0].conv.weight.grad.abs().sum() > 0
+
+
+def test_unknown_hr_guidance_is_refused():
+    with pytest.raises(ValueError, match="hr_guidance is 'stems'"):
+        REHRSegUNet(**UNET_KWARGS, scale_factor=2, hr_guidance="stems")

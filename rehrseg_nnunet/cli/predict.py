@@ -13,6 +13,7 @@ import sys
 
 from rehrseg_nnunet.cli.common import run_cli
 from rehrseg_nnunet.errors import RehrsegInputError
+from rehrseg_nnunet.sr.config import select_device
 
 DESCRIPTION = """\
 HR segmentation of thick-slice images with a model trained by nnUNetv2_train -tr REHRSegTrainer -p REHRSegPlans.
@@ -22,6 +23,8 @@ direction); in-plane grid, direction and file names as nnUNetv2_predict. Give th
 nnUNetv2_predict) or as -m MODEL_FOLDER (as nnUNetv2_predict_from_modelfolder). Sliding windows start at
 thick-slice boundaries: along the slice axis each window start is rounded to a multiple of r HR slices, so the
 step there can differ from -step_size by up to r/2 slices. No test-time mirroring (REHRSeg trains without it).
+An SR-guided model (REHRSegTrainer and its guided variants; not REHRSegTrainer_paper) first super-resolves each
+input with the SR model it carries (one case at a time), then predicts from the super-resolved image.
 For the input-grid (LR) segmentation use stock nnUNetv2_predict with the same model."""
 
 
@@ -49,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-nps", type=int, default=None, help="export processes (default nnU-Net's, 3)")
     parser.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts (with -d)")
     parser.add_argument("-part_id", type=int, default=0, help="which part this process predicts (with -d)")
-    parser.add_argument("-device", default="cuda", choices=("cuda", "cpu", "mps"), help="default cuda")
+    parser.add_argument("-device", default=None, choices=("cuda", "cpu", "mps"),
+                        help="torch device (default: cuda > mps > cpu, whichever is available)")
     parser.add_argument("--verbose", action="store_true", help="nnU-Net's verbose output")
     parser.add_argument("--disable_progress_bar", action="store_true", help="no progress bar")
     return parser
@@ -58,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 def nnunet_argv(args: argparse.Namespace) -> list[str]:
     """The nnU-Net command line (without the program name) that does what ``args`` ask."""
     argv = ["-i", args.i, "-o", args.o, "-f", *args.f, "-chk", args.chk, "-step_size", str(args.step_size),
-            "-device", args.device]
+            "-device", args.device or select_device().type]
     if args.m:
         argv += ["-m", args.m]
     else:
@@ -106,12 +110,41 @@ def run(args: argparse.Namespace) -> None:
         build_parser().error("pass the model either as -m MODEL_FOLDER or as -d/-tr/-p/-c, not both")
     if not args.m and not args.d:
         build_parser().error("name the model: -d DATASET (with -tr/-p/-c when not the defaults) or -m MODEL_FOLDER")
-    from rehrseg_nnunet.predict import check_prediction_inputs, check_rehrseg_model, run_nnunet_prediction
+    from rehrseg_nnunet.predict import (
+        check_carried_sr_model,
+        check_prediction_inputs,
+        check_rehrseg_model,
+        run_nnunet_prediction,
+    )
 
+    args.device = select_device(args.device).type  # one line for an absent GPU, before anything is written
     folder = model_folder(args)
     check_rehrseg_model(folder)
     check_prediction_inputs(args.i, folder, args.c)
-    run_nnunet_prediction(nnunet_argv(args), from_model_folder=bool(args.m))
+    check_carried_sr_model(folder, args.f, args.chk)
+    existed = os.path.isdir(args.o)
+    before = set(os.listdir(args.o)) if existed else set()
+    try:
+        run_nnunet_prediction(nnunet_argv(args), from_model_folder=bool(args.m))
+    except BaseException:
+        remove_bookkeeping_files(args.o, existed, before)
+        raise
+
+
+#: what nnU-Net's prediction writes into -o besides the segmentations
+BOOKKEEPING_FILES = ("dataset.json", "plans.json", "predict_from_raw_data_args.json")
+
+
+def remove_bookkeeping_files(output: str, existed: bool, before: set[str]) -> None:
+    """After a failed prediction: the files nnU-Net wrote for itself go (finished segmentations stay, for
+    --continue_prediction), and so does the -o folder when it is new and left empty."""
+    if not os.path.isdir(output):
+        return
+    for name in BOOKKEEPING_FILES:
+        if name not in before and os.path.isfile(os.path.join(output, name)):
+            os.remove(os.path.join(output, name))
+    if not existed and not os.listdir(output):
+        os.rmdir(output)
 
 
 def main(argv: list[str] | None = None) -> None:

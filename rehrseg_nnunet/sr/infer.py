@@ -210,14 +210,39 @@ class SuperResolver:
             stage = finished[0]
         self.stage = stage
         self.net = load_stage_network(model_folder, stage, self.device)
-        if self.has_uncertainty_head and self.config.uncertainty_scale is None:
-            raise RehrsegInputError(
-                f"{model_folder}/config.json has no uncertainty_scale: stage 1c was not calibrated; run "
-                f"rehrseg_train_sr --continue with the same options (a model from an older version must be retrained)."
-            )
         refines = getattr(self.net, "refine_prior", False)
         self.plane_net = load_stage_network(model_folder, "1a", self.device) if refines else None
         self.batch_size = batch_size
+        self._check_calibrated(f"{model_folder}/config.json")
+
+    @classmethod
+    def from_payload(cls, payload: dict, device: str | torch.device | None = None, batch_size: int = 2,
+                     source: str = "the carried SR model") -> SuperResolver:
+        """A resolver from :func:`rehrseg_nnunet.sr.carried.sr_model_payload` (the SR model a REHRSeg model
+        carries) instead of an SR model folder."""
+        resolver = cls.__new__(cls)
+        resolver.config = SRConfig(**payload["config"])
+        resolver.device = device if isinstance(device, torch.device) else select_device(device)
+        resolver.stage = payload["stage"]
+
+        def network(stage: str) -> torch.nn.Module:
+            checkpoint = payload["networks"][stage]
+            net = _build(checkpoint["network"], checkpoint["network_kwargs"])
+            net.load_state_dict(checkpoint["model"])
+            return net.to(resolver.device).eval()
+
+        resolver.net = network(resolver.stage)
+        resolver.plane_net = network("1a") if getattr(resolver.net, "refine_prior", False) else None
+        resolver.batch_size = batch_size
+        resolver._check_calibrated(source)
+        return resolver
+
+    def _check_calibrated(self, source: str) -> None:
+        if self.has_uncertainty_head and self.config.uncertainty_scale is None:
+            raise RehrsegInputError(
+                f"{source} has no uncertainty_scale: stage 1c was not calibrated; run rehrseg_train_sr --continue "
+                "with the same options (a model from an older version must be retrained)."
+            )
 
     def check_compatible(self, images: list[sitk.Image], source: str) -> None:
         """A case must have the model's channel count, slice axis and r (from its spacing, the rule of

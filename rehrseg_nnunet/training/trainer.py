@@ -7,6 +7,7 @@ Reach it with ``nnUNetv2_train D 3d_fullres F -tr REHRSegTrainer -p REHRSegPlans
 from __future__ import annotations
 
 import os
+import pickle
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss, get_tp_fp_fn_tn
 from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as trainer_module
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.helpers import dummy_context, softmax_helper_dim1
 from torch import autocast
 from torch.profiler import record_function
@@ -25,6 +27,7 @@ from torch.profiler import record_function
 from rehrseg_nnunet.contract import StageContract
 from rehrseg_nnunet.degradation import centre_slice_labels, labels_to_lr_tensor
 from rehrseg_nnunet.errors import RehrsegInputError
+from rehrseg_nnunet.file_writing import TEMPORARY_SUFFIX, process_alive
 from rehrseg_nnunet.losses import (
     UncertaintyWeightedCE,
     UncertaintyWeightedCEAndDice,
@@ -34,6 +37,7 @@ from rehrseg_nnunet.losses import (
 )
 from rehrseg_nnunet.network import REHRSegUNet, pool_thick_slices
 from rehrseg_nnunet.planning import NETWORK_CLASS, PLANS_NAME
+from rehrseg_nnunet.sr.carried import sr_model_payload
 from rehrseg_nnunet.sr.config import checkpoint_sha256, final_checkpoint
 from rehrseg_nnunet.training import fail
 from rehrseg_nnunet.training.dataloader import UncertaintyDataLoader
@@ -50,13 +54,21 @@ __all__ = ["REHRSegTrainer", "fail"]
 
 install_pretrained_weights_hook()
 
+LATEST_CHECKPOINT, PREVIOUS_CHECKPOINT = "checkpoint_latest.pth", "checkpoint_previous.pth"
+#: holds the PID of the process training a fold (nnUNetv2_train output folder)
+TRAINING_LOCK = ".rehrseg_training.lock"
+
 #: nnUNetTrainer.__init__'s default device (nnU-Net records the signature's defaults in its checkpoints)
 DEFAULT_DEVICE = torch.device("cuda")
 
 
 class REHRSegTrainer(nnUNetTrainer):
-    """The full method: UASR-weighted LR CE, HR CE + Dice, structural + cosine distillation."""
+    """The full method: UASR-weighted LR CE, HR CE + Dice, structural + cosine distillation, with the HR branch
+    guided by the full-resolution (pseudo-HR / super-resolved) image; ``REHRSegTrainer_paper`` is the paper's
+    network without guidance."""
 
+    #: how the HR branch sees the full-resolution input (network.HR_GUIDANCE_CHOICES; "none" = the paper's)
+    hr_guidance: str = "stem"
     use_uncertainty = True
     use_distillation = True
     use_hr_head = True
@@ -104,10 +116,42 @@ class REHRSegTrainer(nnUNetTrainer):
                  f"re-plan with rehrseg_plan -d {dataset}.")
         return contract
 
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> torch.nn.Module:
+        """The plans' REHRSegUNet with this trainer's ``hr_guidance`` (prediction rebuilds it through the trainer
+        name stored in the checkpoint, so the plans stay those of every variant)."""
+        kwargs = {**configuration_manager.network_arch_init_kwargs, "hr_guidance": cls.hr_guidance}
+        return get_network_from_plans(configuration_manager.network_arch_class_name, kwargs,
+                                      configuration_manager.network_arch_init_kwargs_req_import, num_input_channels,
+                                      num_output_channels, allow_init=True, deep_supervision=enable_deep_supervision)
+
     def on_train_start(self) -> None:
+        self._claim_fold()
         self.load_teacher()
-        super().on_train_start()
+        super().on_train_start()  # builds the network (initialize) on a fresh start
+        self.carry_sr_model()
         self._start_fine_tuning_if_pretrained()
+
+    def carry_sr_model(self) -> None:
+        """A guided network predicts from super-resolved images: copy the dataset's SR model (checksum checked
+        against the stage contract) into the network's weights, so every checkpoint, export and install of
+        the model carries it. A checkpoint resumed with --c already carries it."""
+        network = self._unwrapped()
+        if self.hr_guidance == "none" or not network.carried_sr.is_empty:
+            return
+        folder = self.contract.resolved_sr_model_folder()
+        if not (folder and os.path.isdir(folder)):
+            fail(f"the SR model folder {folder} recorded in the dataset's rehrseg block is missing; restore it (an "
+                 f"SR-guided model carries it for prediction) or train {type(self).__name__.split('_')[0]}_paper.")
+        try:
+            network.carried_sr.carry(sr_model_payload(folder, self.contract.sr_stage or "1c",
+                                                      self.contract.sr_checkpoint_sha256))
+        except RehrsegInputError as error:
+            fail(str(error))
+        self.print_to_log_file(f"carrying the SR model of {folder} (stage {self.contract.sr_stage or '1c'}, "
+                               f"{network.carried_sr.bundle.numel() / 1e6:.1f} MB) for prediction from "
+                               "super-resolved images")
 
     def load_teacher(self) -> None:
         """The frozen SR network, for distillation: only training needs it, so validation, prediction and an
@@ -165,9 +209,81 @@ class REHRSegTrainer(nnUNetTrainer):
             group["fused"], group["foreach"] = (True, False) if fused else (None, True)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
+        if isinstance(filename_or_checkpoint, str):
+            filename_or_checkpoint = self._readable_checkpoint(filename_or_checkpoint)
         super().load_checkpoint(filename_or_checkpoint)
         self._use_fused_update(self.optimizer)
         self._apply_fine_tuning_state()
+
+    # --- crash safety: atomic checkpoints, the previous one kept, one training per fold -------------------
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint, written to a temporary name and renamed (a kill never leaves a truncated one);
+        the replaced ``checkpoint_latest.pth`` is kept as ``checkpoint_previous.pth`` for :meth:`load_checkpoint`."""
+        partial = f"{filename}.{os.getpid()}{TEMPORARY_SUFFIX}"
+        try:
+            super().save_checkpoint(partial)
+            if not os.path.isfile(partial):  # not rank 0, or checkpointing disabled
+                return
+            if os.path.basename(filename) == LATEST_CHECKPOINT and os.path.isfile(filename):
+                os.replace(filename, os.path.join(os.path.dirname(filename), PREVIOUS_CHECKPOINT))
+            os.replace(partial, filename)
+        finally:
+            if os.path.exists(partial):
+                os.remove(partial)
+
+    def _readable_checkpoint(self, path: str) -> dict:
+        """The checkpoint at ``path``; an unreadable checkpoint_latest.pth falls back to the previous one."""
+        try:
+            return torch.load(path, map_location=self.device, weights_only=False)
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+            reason = f"{type(error).__name__}: {str(error).splitlines()[0][:80] if str(error) else 'unreadable'}"
+        previous = os.path.join(os.path.dirname(path), PREVIOUS_CHECKPOINT)
+        if os.path.basename(path) == LATEST_CHECKPOINT and os.path.isfile(previous):
+            try:
+                checkpoint = torch.load(previous, map_location=self.device, weights_only=False)
+            except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
+                checkpoint = None
+            if checkpoint is not None:
+                self.print_to_log_file(f"{path} is unreadable ({reason}); resuming from {previous} (epoch "
+                                       f"{checkpoint['current_epoch']})", also_print_to_console=True)
+                return checkpoint
+        best = os.path.join(os.path.dirname(path), "checkpoint_best.pth")
+        fix = (f"delete it and run again with --c to resume from {best}" if os.path.isfile(best) and path != best
+               else "delete it and train the fold again without --c")
+        fail(f"{path} is unreadable ({reason}); {fix}.")
+
+    def _claim_fold(self) -> None:
+        """One training per output folder: a second one is refused; the lock of a dead process does not block."""
+        if self.local_rank != 0:
+            return
+        os.makedirs(self.output_folder, exist_ok=True)
+        lock = os.path.join(self.output_folder, TRAINING_LOCK)
+        for _ in range(2):
+            try:
+                handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    with open(lock) as existing:
+                        owner = int(existing.read().strip() or 0)
+                except (OSError, ValueError):
+                    owner = 0
+                if owner and owner != os.getpid() and process_alive(owner):
+                    if os.path.isfile(self.log_file):  # this refused run's own log: leave the fold as it was
+                        os.remove(self.log_file)
+                    fail(f"{self.output_folder} is being trained by process {owner} (lock {lock}); wait for it to "
+                         "finish or stop it before training this fold again.")
+                os.remove(lock)  # left by a process that is gone
+                continue
+            with os.fdopen(handle, "w") as claimed:
+                claimed.write(str(os.getpid()))
+            return
+
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        for name in (PREVIOUS_CHECKPOINT, TRAINING_LOCK):
+            path = os.path.join(self.output_folder, name)
+            if self.local_rank == 0 and os.path.isfile(path):
+                os.remove(path)
 
     def _unwrapped(self) -> REHRSegUNet:
         return unwrap(self.network)

@@ -3,19 +3,42 @@ as explicit classes named the nnU-Net way (``REHRSegTrainer_<variant>``) so that
 
 from __future__ import annotations
 
+import os
+
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
+from rehrseg_nnunet.file_writing import write_json_atomically
 from rehrseg_nnunet.training.trainer import DEFAULT_DEVICE, REHRSegTrainer
 
-__all__ = ["REHRSegTrainer_noUASR", "REHRSegTrainer_noDistill", "REHRSegTrainer_noHRHead", "REHRSegTrainer_lrDice",
-           "REHRSegTrainer_mirror", "REHRSegTrainer_fgOversample", "REHRSegTrainer_lrCentre",
-           "REHRSegTrainer_fineTuneLr1en2",
-           "REHRSegTrainer_debug", "REHRSegTrainer_noUASR_debug", "REHRSegTrainer_noDistill_debug",
-           "REHRSegTrainer_noHRHead_debug", "REHRSegTrainer_cpu", "REHRSegTrainer_noUASR_cpu",
-           "REHRSegTrainer_noDistill_cpu", "REHRSegTrainer_noHRHead_cpu", "REHRSegTrainer_cpu50epochs",
-           "nnUNetTrainer_cpu", "nnUNetTrainer_cpu16epochs", "REHRSegTrainer_cpuSmoke", "nnUNetTrainer_cpuSmoke",
+__all__ = ["REHRSegTrainer_paper", "REHRSegTrainer_hrStem", "REHRSegTrainer_hrLevel", "REHRSegTrainer_noUASR",
+           "REHRSegTrainer_noDistill", "REHRSegTrainer_noHRHead", "REHRSegTrainer_lrDice", "REHRSegTrainer_mirror",
+           "REHRSegTrainer_fgOversample", "REHRSegTrainer_lrCentre", "REHRSegTrainer_fineTuneLr1en2",
+           "REHRSegTrainer_debug", "REHRSegTrainer_paper_debug", "REHRSegTrainer_hrLevel_debug",
+           "REHRSegTrainer_noUASR_debug", "REHRSegTrainer_noDistill_debug", "REHRSegTrainer_noHRHead_debug",
+           "REHRSegTrainer_cpu", "REHRSegTrainer_noUASR_cpu", "REHRSegTrainer_noDistill_cpu",
+           "REHRSegTrainer_noHRHead_cpu", "REHRSegTrainer_cpu50epochs", "nnUNetTrainer_cpu",
+           "nnUNetTrainer_cpu16epochs", "REHRSegTrainer_cpuSmoke", "nnUNetTrainer_cpuSmoke",
            "nnUNetTrainer_cpuSmoke4epochs"]
+
+
+class REHRSegTrainer_paper(REHRSegTrainer):
+    """The paper's network: the HR head sees the slice-upsampled LR decoder map only (no SR model needed to
+    predict: the thick-slice input goes in as it is)."""
+
+    hr_guidance = "none"
+
+
+class REHRSegTrainer_hrStem(REHRSegTrainer):
+    """HR guidance design (a): an HR stem on the full-resolution input, fused into the HR head's first conv."""
+
+    hr_guidance = "stem"
+
+
+class REHRSegTrainer_hrLevel(REHRSegTrainer):
+    """HR guidance design (b): a full-resolution first encoder / last decoder level around the LR U-Net."""
+
+    hr_guidance = "level"
 
 
 class REHRSegTrainer_noUASR(REHRSegTrainer):
@@ -67,12 +90,13 @@ class REHRSegTrainer_noHRHead(REHRSegTrainer):
     """Ablation: LR losses only; HR logits at inference are the LR logits upsampled along the slice axis."""
 
     use_hr_head = False
+    hr_guidance = "none"  # no HR head, so nothing would use the full-resolution input
 
-    @staticmethod
-    def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
-        network = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
-                                                           num_output_channels, enable_deep_supervision)
+        network = super().build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                     num_output_channels, enable_deep_supervision)
         network.hr_from_lr = True
         return network
 
@@ -98,16 +122,39 @@ class ShortSchedule:
         self.num_val_iterations_per_epoch = 2
         self.save_every = 1
 
+    def run_training(self) -> None:
+        self.trained_in_this_process = True
+        super().run_training()
+
     def perform_actual_validation(self, save_probabilities: bool = False) -> None:
-        if self.skip_validation_of_fold_all and self.fold == "all":
-            self.print_to_log_file("final validation skipped: fold 'all' validates on the training cases")
+        """After training, fold ``all`` skips nnU-Net's final validation (it would predict the training cases at
+        full size) and writes a ``validation/summary.json`` that says so, so nnU-Net's export finds the file it
+        packs. ``nnUNetv2_train --val`` (no training in this process) validates for real."""
+        if not (self.skip_validation_of_fold_all and self.fold == "all"
+                and getattr(self, "trained_in_this_process", False)):
+            super().perform_actual_validation(save_probabilities)
             return
-        super().perform_actual_validation(save_probabilities)
+        reason = ("final validation skipped: fold 'all' validates on the training cases; run nnUNetv2_train ... "
+                  "--val to validate anyway")
+        self.print_to_log_file(reason)
+        folder = os.path.join(self.output_folder, "validation")
+        os.makedirs(folder, exist_ok=True)
+        write_json_atomically(os.path.join(folder, "summary.json"),
+                              {"rehrseg_validation": reason, "foreground_mean": None, "mean": {},
+                               "metric_per_case": []})
 
 
 # --- test schedules: 2 epochs of 3 iterations, final validation kept ----------------------------------------
 class REHRSegTrainer_debug(ShortSchedule, REHRSegTrainer):
     """REHRSegTrainer for 2 epochs of 3 iterations."""
+
+
+class REHRSegTrainer_paper_debug(ShortSchedule, REHRSegTrainer_paper):
+    """REHRSegTrainer_paper for 2 epochs of 3 iterations."""
+
+
+class REHRSegTrainer_hrLevel_debug(ShortSchedule, REHRSegTrainer_hrLevel):
+    """REHRSegTrainer_hrLevel for 2 epochs of 3 iterations."""
 
 
 class REHRSegTrainer_noUASR_debug(ShortSchedule, REHRSegTrainer_noUASR):
