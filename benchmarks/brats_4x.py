@@ -390,7 +390,9 @@ def run_split(name: str, train_cases: list[str], test_cases: list[str], data: st
     run([script("rehrseg_make_pseudohr"), "-d", str(DATASETS["lr"][0]), "-o", str(PSEUDOHR_ID), "-m", model,
          "-device", args.device])
     pseudohr = next(d for d in os.listdir(env["nnUNet_raw"]) if d.startswith(f"Dataset{PSEUDOHR_ID}_"))
-    stock = [dataset_name(k) for k in DATASETS] + [pseudohr]
+    methods = {m.name: m for m in methods_of_split(env["nnUNet_raw"], pseudohr, args)}
+    needed = methods_needed(args.methods)
+    stock = sorted({methods[name].dataset for name in needed})  # only the datasets the asked methods train on
     missing = [d for d in stock
                if not os.path.isdir(os.path.join(env["nnUNet_preprocessed"], d, "nnUNetPlans_3d_fullres"))]
     if missing:
@@ -399,14 +401,12 @@ def run_split(name: str, train_cases: list[str], test_cases: list[str], data: st
     lr_patch = [args.patch_size[0] // SCALE_FACTOR, *args.patch_size[1:]]
     for plans_name in (BENCH_PLANS, INIT_PLANS):
         write_bench_plans(env["nnUNet_preprocessed"], dataset_name("lr"), lr_patch, args, plans_name)
-    for dataset in (dataset_name("interp"), dataset_name("hr"), pseudohr):
+    for dataset in (d for d in (dataset_name("interp"), dataset_name("hr"), pseudohr) if d in stock):
         write_bench_plans(env["nnUNet_preprocessed"], dataset, args.patch_size, args)
     if args.device == "cpu":
         os.environ.setdefault("nnUNet_n_proc_DA", "0")  # 2 CPU cores: augmentation workers only compete
 
-    methods = {m.name: m for m in methods_of_split(env["nnUNet_raw"], pseudohr, args)}
     seconds: dict[str, float | None] = {}
-    needed = methods_needed(args.methods)
     for method in (m for m in methods.values() if m.name in needed):
         if method.initialised_from and not os.path.isfile(os.path.join(env["nnUNet_preprocessed"], pseudohr,
                                                                        "REHRSegPlans.json")):

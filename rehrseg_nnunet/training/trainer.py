@@ -62,6 +62,15 @@ TRAINING_LOCK = ".rehrseg_training.lock"
 DEFAULT_DEVICE = torch.device("cuda")
 
 
+def _unreadable(path: str) -> str | None:
+    """Why a checkpoint cannot be loaded (None when it can)."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+        return f"{type(error).__name__}: {str(error).splitlines()[0][:80] if str(error) else 'unreadable'}"
+    return None
+
+
 class REHRSegTrainer(nnUNetTrainer):
     """The full method: UASR-weighted LR CE, HR CE + Dice, structural + cosine distillation, with the HR branch
     guided by the full-resolution (pseudo-HR / super-resolved) image; ``REHRSegTrainer_paper`` is the paper's
@@ -231,22 +240,17 @@ class REHRSegTrainer(nnUNetTrainer):
             if os.path.exists(partial):
                 os.remove(partial)
 
-    def _readable_checkpoint(self, path: str) -> dict:
-        """The checkpoint at ``path``; an unreadable checkpoint_latest.pth falls back to the previous one."""
-        try:
-            return torch.load(path, map_location=self.device, weights_only=False)
-        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
-            reason = f"{type(error).__name__}: {str(error).splitlines()[0][:80] if str(error) else 'unreadable'}"
+    def _readable_checkpoint(self, path: str) -> str:
+        """``path`` when it loads; for an unreadable checkpoint_latest.pth the previous one when that loads (nnU-Net's
+        load_checkpoint takes a file name); otherwise one line saying what to do."""
+        reason = _unreadable(path)
+        if reason is None:
+            return path
         previous = os.path.join(os.path.dirname(path), PREVIOUS_CHECKPOINT)
-        if os.path.basename(path) == LATEST_CHECKPOINT and os.path.isfile(previous):
-            try:
-                checkpoint = torch.load(previous, map_location=self.device, weights_only=False)
-            except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
-                checkpoint = None
-            if checkpoint is not None:
-                self.print_to_log_file(f"{path} is unreadable ({reason}); resuming from {previous} (epoch "
-                                       f"{checkpoint['current_epoch']})", also_print_to_console=True)
-                return checkpoint
+        if os.path.basename(path) == LATEST_CHECKPOINT and os.path.isfile(previous) and _unreadable(previous) is None:
+            self.print_to_log_file(f"{path} is unreadable ({reason}); resuming from {previous}",
+                                   also_print_to_console=True)
+            return previous
         best = os.path.join(os.path.dirname(path), "checkpoint_best.pth")
         fix = (f"delete it and run again with --c to resume from {best}" if os.path.isfile(best) and path != best
                else "delete it and train the fold again without --c")
