@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from rehrseg_nnunet.errors import RehrsegInputError
-from rehrseg_nnunet.geometry import Grid, check_thick_slice_spacing, numpy_axis
+from rehrseg_nnunet.geometry import Grid, check_direction, check_thick_slice_spacing, numpy_axis
 
 
 @dataclass
@@ -141,6 +141,9 @@ def load_raw_dataset(dataset: str | int) -> RawDataset:
             raise RehrsegInputError(
                 f"{json_path}: label '{name_}' is a region ({value}); REHRSeg supports plain integer labels only."
             )
+    if not dataset_json["channel_names"]:
+        raise RehrsegInputError(f"{json_path}: 'channel_names' is empty; name every input channel, as in nnU-Net's "
+                                f"dataset.json (e.g. \"channel_names\": {{\"0\": \"T2\"}} for files *_0000).")
     declared = sorted(int(v) for v in dataset_json["labels"].values())
     if declared != list(range(len(declared))):
         raise RehrsegInputError(f"{json_path}: label values {declared} are not consecutive from 0 (nnU-Net needs 0, 1, "
@@ -164,7 +167,7 @@ def check_thick_slice_header(path: str, slice_axis: int, thick_spacing: float, s
 
     The image's slices must hold r of the model's HR slices (thick_spacing / r), rounded: e.g. 3.5-4.5 mm for
     a model of 4 mm slices and r = 4 (a 3 mm case would get 0.75 mm HR slices, not the model's 1 mm); the
-    slice axis must be at least 1.5x coarser than in-plane.
+    slice axis must be at least 1.5x coarser than in-plane; the direction matrix must be orthonormal.
 
     Args:
         path: the image file.
@@ -176,7 +179,9 @@ def check_thick_slice_header(path: str, slice_axis: int, thick_spacing: float, s
     Raises:
         RehrsegInputError: one line naming the file and the fix.
     """
-    check_thick_slice_spacing(read_grid(path).spacing, path, slice_axis, thick_spacing, scale_factor, model)
+    grid = read_grid(path)
+    check_direction(grid.direction, path)
+    check_thick_slice_spacing(grid.spacing, path, slice_axis, thick_spacing, scale_factor, model)
 
 
 def read_grid(path: str) -> Grid:
@@ -239,7 +244,10 @@ def _check_finite(path: str, image: sitk.Image) -> None:
 
 
 def read_case(case: RawCase, require_label: bool = True) -> tuple[list[sitk.Image], sitk.Image | None]:
-    """Read and check one case: 3D, finite, every channel and the label on one geometry."""
+    """Read and check one case: 3D, finite, orthonormal axes, every channel and the label on one geometry."""
+    if not case.image_files:
+        raise RehrsegInputError(f"Case '{case.identifier}' has no image files: dataset.json names no channel; list "
+                                f"its channels in 'channel_names'.")
     images = []
     for path in case.image_files:
         image = read_image(path)
@@ -248,6 +256,7 @@ def read_case(case: RawCase, require_label: bool = True) -> tuple[list[sitk.Imag
                 f"{path} is a {image.GetDimension()}D image with {image.GetNumberOfComponentsPerPixel()} component(s); "
                 f"REHRSeg needs one 3D scalar volume per channel file."
             )
+        check_direction(image.GetDirection(), path)
         _check_finite(path, image)
         images.append(image)
     reference = Grid.from_image(images[0])

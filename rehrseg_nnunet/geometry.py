@@ -27,6 +27,8 @@ ANISOTROPY_RATIO = 1.5
 MIN_SCALE_FACTOR = 2
 MAX_SCALE_FACTOR = 8
 AXIS_NAMES = ("x", "y", "z")
+#: largest |D^T D - I| entry accepted for an image's direction matrix D (rounding in headers, not shear)
+DIRECTION_TOLERANCE = 1e-4
 
 
 def numpy_axis(slice_axis: int, ndim: int = 3) -> int:
@@ -88,6 +90,38 @@ def infer_scale_factor(spacing: Sequence[float], slice_axis: int, source: str = 
     scale_factor = int(round(ratio))
     check_scale_factor(scale_factor, source, f" (slice spacing / in-plane spacing = {ratio:.2f})")
     return scale_factor
+
+
+def scale_factor_rule(spacing: Sequence[float], slice_axis: int) -> str:
+    """How r follows from a spacing, for logs: ``r = 5 = round(4 / 0.75, mean in-plane spacing)``."""
+    thick = float(spacing[slice_axis])
+    in_plane = float(np.mean([float(s) for i, s in enumerate(spacing) if i != slice_axis]))
+    return f"r = {int(round(thick / in_plane))} = round({thick:g} / {in_plane:g}, mean in-plane spacing)"
+
+
+def check_direction(direction: Sequence[float], source: str) -> None:
+    """An image's direction matrix must be orthonormal (a rotation or reflection, no shear or scaling).
+
+    The HR grid, the slice axis and nnU-Net's resampling assume orthogonal axes; ITK keeps a sheared matrix
+    from formats such as MetaImage (NIfTI coerces it silently).
+
+    Args:
+        direction: row-major 3x3 direction matrix (``image.GetDirection()``).
+        source: the file, for the message.
+
+    Raises:
+        RehrsegInputError: one line naming the file and the fix.
+    """
+    matrix = np.asarray(direction, dtype=float)
+    if matrix.size != 9:
+        return  # not 3D: the dimension checks say so
+    matrix = matrix.reshape(3, 3)
+    deviation = float(np.abs(matrix.T @ matrix - np.eye(3)).max())
+    if not np.isfinite(deviation) or deviation > DIRECTION_TOLERANCE:
+        raise RehrsegInputError(
+            f"{source} has a non-orthonormal direction matrix {tuple(round(float(v), 4) for v in matrix.ravel())} "
+            f"(sheared or scaled axes, |D^T D - I| up to {deviation:.2g}); resample it onto a grid with orthogonal "
+            f"axes (e.g. a rotation-only direction) before using it.")
 
 
 def check_scale_factor(scale_factor: int, source: str = "the data", detail: str = "") -> None:

@@ -92,6 +92,48 @@ def topology_from_lr_plans(lr_plans: dict, transpose_forward: list[int], hr_spac
     return topology, {key: arch[key] for key in TOPOLOGY_KEYS}
 
 
+#: 3d_fullres entries that only matter for a case whose shape changes when it is resampled to the target spacing
+RESAMPLING_KEYS = ("resampling_fn_data", "resampling_fn_data_kwargs", "resampling_fn_seg", "resampling_fn_seg_kwargs")
+#: 3d_fullres entries that decide what nnU-Net's preprocessing writes (besides ``transpose_forward``)
+PREPROCESSING_KEYS = ("preprocessor_name", "normalization_schemes", "use_mask_for_norm", "spacing", *RESAMPLING_KEYS)
+
+
+def same_preprocessing(source_plans: dict, source_config: dict, plans: dict, config: dict,
+                       dataset_fingerprint: dict | None = None) -> bool:
+    """Whether nnU-Net's preprocessing writes the same data for two plans' 3d_fullres configurations, so that they
+    may share a data identifier (and with it the preprocessed folder).
+
+    Same axis order, spacing, preprocessor and normalisation; the resampling functions and their arguments
+    either equal, or unused: no case of ``dataset_fingerprint`` (nnU-Net's ``dataset_fingerprint.json``) changes
+    shape at the target spacing (without a fingerprint that cannot be known, and the answer is no).
+    """
+    if list(source_plans["transpose_forward"]) != list(plans["transpose_forward"]):
+        return False
+    if len(source_config["spacing"]) != len(config["spacing"]) or not np.allclose(source_config["spacing"],
+                                                                                 config["spacing"]):
+        return False
+    differing = {key for key in PREPROCESSING_KEYS if key != "spacing" and source_config.get(key) != config.get(key)}
+    if differing - set(RESAMPLING_KEYS):
+        return False
+    return not differing or no_case_is_resampled(dataset_fingerprint, plans["transpose_forward"], config["spacing"])
+
+
+def no_case_is_resampled(dataset_fingerprint: dict | None, transpose_forward: list[int],
+                         target_spacing: list[float]) -> bool:
+    """Whether every case keeps its (cropped) shape at ``target_spacing`` (nnU-Net's ``compute_new_shape``), so
+    that no resampling function runs in preprocessing."""
+    if not dataset_fingerprint or "spacings" not in dataset_fingerprint or "shapes_after_crop" not in \
+            dataset_fingerprint:
+        return False
+    for spacing, shape in zip(dataset_fingerprint["spacings"], dataset_fingerprint["shapes_after_crop"], strict=True):
+        spacing = [float(spacing[a]) for a in transpose_forward]
+        shape = [int(shape[a]) for a in transpose_forward]
+        new_shape = [int(round(s / t * n)) for s, t, n in zip(spacing, target_spacing, shape, strict=True)]
+        if new_shape != shape:
+            return False
+    return True
+
+
 def features_per_stage(n_stages: int, base: int = 32, maximum: int = 320) -> list[int]:
     """nnU-Net's rule: base features doubled per stage, capped."""
     return [min(base * 2 ** i, maximum) for i in range(n_stages)]
@@ -100,7 +142,8 @@ def features_per_stage(n_stages: int, base: int = 32, maximum: int = 320) -> lis
 def make_rehrseg_plans(plans: dict, dataset_json: dict, patch_size: list[int] | None = None, base_features: int = 32,
                        max_features: int = 320, batch_size: int | None = None, teacher_channels: int = 0,
                        source: str = "dataset.json", lr_plans: dict | None = None,
-                       lr_plans_source: str = "the LR plans", use_mask_for_norm: bool = False) -> dict:
+                       lr_plans_source: str = "the LR plans", use_mask_for_norm: bool = False,
+                       dataset_fingerprint: dict | None = None) -> dict:
     """REHRSegPlans from the stock plans of a pseudo-HR dataset (pure function: no files touched).
 
     Args:
@@ -119,6 +162,7 @@ def make_rehrseg_plans(plans: dict, dataset_json: dict, patch_size: list[int] | 
             (lowest) value. Measured on the quick start (REHRSegTrainer_cpu, 160 iterations from scratch):
             whole-brain Dice 0.959 without the mask, 0.744 with it (about 1 M false-positive voxels in the
             test scan's zero background).
+        dataset_fingerprint: the dataset's ``dataset_fingerprint.json`` (see :func:`same_preprocessing`).
     """
     contract = StageContract.from_dataset_json(dataset_json, source)
     r = contract.scale_factor
@@ -138,13 +182,13 @@ def make_rehrseg_plans(plans: dict, dataset_json: dict, patch_size: list[int] | 
         topology = lr_topology(spacing, list(patch_size), r)
         normalisation = {"normalization_schemes": stock["normalization_schemes"],
                          "use_mask_for_norm": [bool(use_mask_for_norm and m) for m in stock["use_mask_for_norm"]]}
-    same_data = (plans["transpose_forward"] == transpose_forward and np.allclose(stock["spacing"], spacing)
-                 and all(stock[key] == value for key, value in normalisation.items()))
     config = copy.deepcopy(stock)
     config.update(normalisation)
     config.update(separate_z_resampling(stock))
-    config["data_identifier"] = stock["data_identifier"] if same_data else f"{PLANS_NAME}_3d_fullres"
     config["spacing"] = spacing
+    same_data = same_preprocessing(plans, stock, {"transpose_forward": transpose_forward}, config,
+                                   dataset_fingerprint)
+    config["data_identifier"] = stock["data_identifier"] if same_data else f"{PLANS_NAME}_3d_fullres"
     config["patch_size"] = topology["hr_patch_size"]
     if batch_size:
         config["batch_size"] = int(batch_size)
@@ -269,13 +313,16 @@ def plan_dataset(dataset: str, source_plans: str = "nnUNetPlans", patch_size: li
         lr_plans_dict = read_json_file(lr_plans, "pass the plans.json of the LR model's results folder")
     rehrseg_plans = make_rehrseg_plans(plans, dataset_json, patch_size, base_features, max_features, batch_size,
                                        teacher_channels, dataset_json_path, lr_plans_dict, lr_plans or "",
-                                       use_mask_for_norm)
+                                       use_mask_for_norm, read_dataset_fingerprint(folder, dataset))
+    check_uncertainty_maps(os.path.join(nnUNet_raw, name), contract, dataset_json["file_ending"], str(int(name[7:10])))
     path = os.path.join(folder, PLANS_NAME + ".json")
     changes = plan_changes(path, rehrseg_plans)
     write_json_atomically(path, rehrseg_plans)
     if changes is not None:
         print(f"rehrseg_plan: replaced the existing {path}: " + ("; ".join(changes) if changes else "no change"))
     config = rehrseg_plans["configurations"]["3d_fullres"]
+    if patch_size is not None and list(patch_size) != list(config["patch_size"]):
+        print(patch_rounding_note(list(patch_size), config, contract.scale_factor))
     data_folder = os.path.join(folder, config["data_identifier"])
     stock_identifier = plans["configurations"]["3d_fullres"]["data_identifier"]
     if config["data_identifier"] != stock_identifier or not os.path.isdir(data_folder):
@@ -288,6 +335,47 @@ def plan_dataset(dataset: str, source_plans: str = "nnUNetPlans", patch_size: li
           f"r = {contract.scale_factor}); train with "
           f"nnUNetv2_train {name[7:10]} 3d_fullres FOLD -tr REHRSegTrainer -p {PLANS_NAME}")
     return path
+
+
+def patch_rounding_note(requested: list[int], config: dict, scale_factor: int) -> str:
+    """The line saying how ``--patch_size`` was rounded, and why: along the slice axis the HR patch holds whole thick
+    slices (r HR slices each) and the LR patch is pooled by 2 at each of the U-Net's slice-axis poolings, so it is a
+    multiple of r x 2^poolings; in-plane, a multiple of 2^poolings."""
+    strides = np.asarray(config["architecture"]["arch_kwargs"]["strides"], dtype=int)
+    factors = [int(np.prod(strides[:, axis])) for axis in range(strides.shape[1])]
+    poolings = int(round(np.log2(factors[0]))) if factors[0] > 0 else 0
+    return (f"rehrseg_plan: rounded the requested patch {requested} to {list(config['patch_size'])} (slice axis "
+            f"first): along the slice axis the HR patch must be a multiple of r x 2^poolings = {scale_factor} x "
+            f"2^{poolings} = {scale_factor * factors[0]} (whole thick slices, pooled {poolings} time(s) by the "
+            f"U-Net), in-plane multiples of {factors[1]} and {factors[2]} (2^poolings each; nnU-Net's topology rule)")
+
+
+def check_uncertainty_maps(raw_folder: str, contract: StageContract, file_ending: str, dataset: str) -> None:
+    """Every training case of the pseudo-HR raw dataset has its uncertainty map (checked before rehrseg_plan
+    writes anything).
+
+    Raises:
+        RehrsegInputError: naming the missing folder or file and the fix.
+    """
+    folder = os.path.join(raw_folder, contract.training_uncertainty_folder)
+    remake = (f"re-run rehrseg_make_pseudohr -d {contract.source_dataset or 'SOURCE'} -o {dataset} to complete the "
+              f"pseudo-HR dataset (cases without their map are rewritten)")
+    if not os.path.isdir(folder):
+        raise RehrsegInputError(f"{folder} is missing: the pseudo-HR dataset has no uncertainty maps; {remake}.")
+    labels = os.path.join(raw_folder, "labelsTr")
+    names = sorted(f for f in os.listdir(labels) if f.endswith(file_ending)) if os.path.isdir(labels) else []
+    for name in names:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise RehrsegInputError(f"{path} is missing; {remake}.")
+
+
+def read_dataset_fingerprint(preprocessed_folder: str, dataset: str) -> dict | None:
+    """nnU-Net's ``dataset_fingerprint.json`` of a preprocessed dataset (None when there is none)."""
+    path = os.path.join(preprocessed_folder, "dataset_fingerprint.json")
+    if not os.path.isfile(path):
+        return None
+    return read_json_file(path, f"run nnUNetv2_plan_and_preprocess -d {dataset} again")
 
 
 def read_json_file(path: str, fix: str) -> dict:

@@ -35,8 +35,16 @@ from rehrseg_nnunet.dataset_io import (
 from rehrseg_nnunet.errors import RehrsegInputError
 from rehrseg_nnunet.file_writing import process_alive, write_image_verified, write_json_atomically
 from rehrseg_nnunet.qc import Panel, save_qc_png
-from rehrseg_nnunet.sr.config import SRConfig, checkpoint_sha256, final_checkpoint
+from rehrseg_nnunet.sr.config import (
+    SRConfig,
+    check_checkpoint_fits_config,
+    checkpoint_sha256,
+    final_checkpoint,
+    select_device,
+    verified_final_checkpoint,
+)
 from rehrseg_nnunet.sr.infer import SuperResolver
+from rehrseg_nnunet.sr.networks import network_from_checkpoint
 
 TEMP_FOLDER = ".rehrseg_incomplete"
 #: the SR stage whose network writes the pseudo-HR data (and teaches during training)
@@ -105,6 +113,25 @@ def check_model_matches_dataset(config: SRConfig, source: RawDataset, model_fold
         )
 
 
+def check_sr_model(model_folder: str, config: SRConfig) -> None:
+    """The SR model loads and is the one config.json describes: the writing stage's final checkpoint (and stage
+    1a's, which it refines) is the model's own (recorded SHA-256), readable, fits config.json and loads into its
+    network; a stage 1c model has its uncertainty scale. One line naming the file and the fix, before anything
+    is written."""
+    stages = [SR_STAGE]
+    while stages:
+        stage = stages.pop()
+        checkpoint = verified_final_checkpoint(model_folder, stage)
+        check_checkpoint_fits_config(checkpoint, config, model_folder, stage)
+        net = network_from_checkpoint(checkpoint, final_checkpoint(model_folder, stage))
+        if getattr(net, "num_attention_maps", 0) and config.uncertainty_scale is None:
+            raise RehrsegInputError(
+                f"{os.path.join(model_folder, 'config.json')} has no uncertainty_scale: stage 1c was not calibrated; "
+                f"run rehrseg_train_sr --continue with the same options.")
+        if getattr(net, "refine_prior", False) and stage != "1a":
+            stages.append("1a")
+
+
 def check_case_geometry(config: SRConfig, job: CaseJob, model_folder: str) -> None:
     """Header-only check that a case has the thick-slice geometry the model was trained for."""
     for path in job.case.image_files:
@@ -122,14 +149,16 @@ def validate_cases(jobs: list[CaseJob], source: RawDataset) -> None:
 
 
 _RESOLVER: SuperResolver | None = None
+_RESOLVER_KEY: tuple[str, str | None] | None = None
 
 
 def _init_worker(model_folder: str, device: str | None, threads: int | None) -> None:
-    global _RESOLVER
+    global _RESOLVER, _RESOLVER_KEY
     if threads:
         import torch
         torch.set_num_threads(threads)
-    _RESOLVER = SuperResolver(model_folder, device)
+    if _RESOLVER is None or _RESOLVER_KEY != (model_folder, device):
+        _RESOLVER, _RESOLVER_KEY = SuperResolver(model_folder, device), (model_folder, device)
 
 
 def process_case(job: CaseJob, folder: str, file_ending: str, num_channels: int) -> float:
@@ -223,6 +252,10 @@ def make_pseudohr(source_dataset: str, target_id: int, model_folder: str | None 
         overwrite: redo complete cases.
     """
     work = check_pseudohr_work(source_dataset, target_id, model_folder, part_id, num_parts, overwrite)
+    if num_processes <= 1:
+        _init_worker(work.model_folder, device, None)  # the model (and device) load before anything is written
+    else:
+        select_device(device)  # the workers load the model (checked above on the CPU); the device is checked here
     os.makedirs(work.folder, exist_ok=True)
     remove_stale_temporaries(work.folder)
     write_dataset_json(work.folder, work.source, work.config, work.model_folder)
@@ -252,6 +285,7 @@ def check_pseudohr_work(source_dataset: str, target_id: int, model_folder: str |
         raise RehrsegInputError(f"{final_checkpoint(model_folder, SR_STAGE)} is missing: the SR model has not "
                                 f"finished; run rehrseg_train_sr --continue.")
     check_model_matches_dataset(config, source, model_folder)
+    check_sr_model(model_folder, config)
     jobs = [CaseJob(case, "Tr") for case in source.training] + [CaseJob(case, "Ts") for case in source.test]
     for job in jobs:
         if job.split == "Tr" and not os.path.isfile(job.case.label_file):

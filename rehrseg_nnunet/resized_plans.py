@@ -6,7 +6,7 @@ import copy
 import os
 
 from rehrseg_nnunet.file_writing import write_json_atomically
-from rehrseg_nnunet.planning import features_per_stage, lr_topology, read_json_file
+from rehrseg_nnunet.planning import features_per_stage, lr_topology, read_json_file, same_preprocessing
 
 
 def resized_plans(plans: dict, patch_size: list[int], base_features: int, max_features: int, batch_size: int,
@@ -15,8 +15,10 @@ def resized_plans(plans: dict, patch_size: list[int], base_features: int, max_fe
 
     The U-Net keeps nnU-Net's design rule: its topology is what nnU-Net's own helper gives for that patch
     on the configuration's spacing; every other setting (resampling, normalisation unless asked) stays, so
-    the plans train on the data nnUNetv2_plan_and_preprocess already wrote, unless the normalisation
-    changes: then they get their own data identifier (``nnUNetv2_preprocess -plans_name`` writes it).
+    the plans train on the data nnUNetv2_plan_and_preprocess already wrote, unless their preprocessing differs
+    (here: the normalisation mask; in general :func:`rehrseg_nnunet.planning.same_preprocessing`): then they get
+    their own data identifier ``<plans_name>_3d_fullres`` (``nnUNetv2_preprocess -plans_name`` writes it), so
+    preprocessing them never overwrites the source plans' preprocessed data.
 
     Args:
         plans: nnU-Net plans of the dataset (``nnUNetPlans.json``).
@@ -35,10 +37,9 @@ def resized_plans(plans: dict, patch_size: list[int], base_features: int, max_fe
     out["plans_name"] = plans_name
     config = out["configurations"]["3d_fullres"]
     if use_mask_for_norm is not None:
-        masks = [bool(use_mask_for_norm and m) for m in config["use_mask_for_norm"]]
-        if masks != config["use_mask_for_norm"]:
-            config["use_mask_for_norm"] = masks
-            config["data_identifier"] = f"{plans_name}_3d_fullres"
+        config["use_mask_for_norm"] = [bool(use_mask_for_norm and m) for m in config["use_mask_for_norm"]]
+    if not same_preprocessing(plans, plans["configurations"]["3d_fullres"], out, config):
+        config["data_identifier"] = f"{plans_name}_3d_fullres"
     topology = lr_topology(config["spacing"], patch_size, 1)
     n_stages = len(topology["strides"])
     config["architecture"]["arch_kwargs"].update(

@@ -25,7 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="network size and schedule: small trains on 2 CPU cores in minutes; paper = the authors' "
                              "sizes")
     parser.add_argument("--scale-factor", type=int, default=None,
-                        help="r, the number of HR slices per thick slice (default: round(slice / in-plane spacing))")
+                        help="r, the number of HR slices per thick slice (default: r = round(slice spacing / mean "
+                             "in-plane spacing), e.g. 4 mm slices of 0.5 x 1.0 mm pixels give r = round(4 / 0.75) = "
+                             "5; the HR slices are then slice spacing / r = 0.8 mm, not the in-plane spacing); this "
+                             "option overrides it")
     parser.add_argument("--slice-axis", default=None,
                         help="x, y or z (SimpleITK index order); default: the axis with the largest spacing")
     parser.add_argument("--steps", type=int, nargs="+", default=None,

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import pickle
+import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -64,6 +68,9 @@ class SRConfig:
     #: sigma written as uncertainty 1 (u = min(sigma / scale, 1)); set when stage 1c has finished
     uncertainty_scale: float | None = None
     version: str = __version__
+    #: SHA-256 of each finished stage's checkpoint_final.pth, recorded when rehrseg_train_sr writes it (a model
+    #: from an older version has none: its checkpoints are then only checked for readability)
+    checkpoint_sha256: dict[str, str] = field(default_factory=dict)
 
     @property
     def image_channels(self) -> int:
@@ -93,9 +100,13 @@ class SRConfig:
         if not os.path.isfile(path):
             raise RehrsegInputError(f"{path} is missing: {folder} is not an SR model folder; run rehrseg_train_sr "
                                     "first.")
-        with open(path) as handle:
-            data = json.load(handle)
-        return cls(**data)
+        try:
+            with open(path) as handle:
+                data = json.load(handle)
+            return cls(**data)
+        except (ValueError, TypeError) as error:
+            raise RehrsegInputError(f"{path} is not a valid SR model config ({error}); restore the file written by "
+                                    f"rehrseg_train_sr or retrain the model.") from None
 
 
 def stage_dir(model_folder: str, stage: str) -> str:
@@ -110,13 +121,139 @@ def latest_checkpoint(model_folder: str, stage: str) -> str:
     return os.path.join(stage_dir(model_folder, stage), "checkpoint_latest.pth")
 
 
-def checkpoint_sha256(model_folder: str, stage: str) -> str:
-    """SHA-256 of a stage's final checkpoint: identifies the network that made (and teaches) a pseudo-HR dataset."""
+def previous_checkpoint(model_folder: str, stage: str) -> str:
+    """The latest checkpoint before the current one (kept when a new latest is written)."""
+    return os.path.join(stage_dir(model_folder, stage), "checkpoint_previous.pth")
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file, read in blocks."""
     digest = hashlib.sha256()
-    with open(final_checkpoint(model_folder, stage), "rb") as handle:
+    with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def checkpoint_sha256(model_folder: str, stage: str) -> str:
+    """SHA-256 of a stage's final checkpoint: identifies the network that made (and teaches) a pseudo-HR dataset."""
+    return file_sha256(final_checkpoint(model_folder, stage))
+
+
+#: what ``torch.load`` raises for a truncated, corrupt or foreign file
+UNREADABLE_CHECKPOINT_ERRORS = (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile,
+                                ValueError, KeyError, AttributeError, ImportError, IndexError, TypeError)
+#: entries every SR checkpoint holds (the latest one also holds optimizer and scheduler states)
+CHECKPOINT_KEYS = ("model", "network", "network_kwargs", "step", "steps")
+
+
+def read_checkpoint(path: str, fix: str | Callable[[], str], keys: tuple[str, ...] = CHECKPOINT_KEYS) -> dict:
+    """``torch.load`` of an SR checkpoint on the CPU; one line naming the file and ``fix`` when it is truncated,
+    corrupt or not an SR checkpoint.
+
+    Args:
+        path: the checkpoint file.
+        fix: the recovery the message names (a callable is only called when the file is bad).
+        keys: entries the checkpoint must hold.
+
+    Raises:
+        RehrsegInputError: the file cannot be read, or lacks one of ``keys``.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except UNREADABLE_CHECKPOINT_ERRORS as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RehrsegInputError(f"{path} is truncated or unreadable ({reason[:120]}); "
+                                f"{fix() if callable(fix) else fix}.") from None
+    missing = [key for key in keys if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing:
+        raise RehrsegInputError(f"{path} is not an SR checkpoint of rehrseg_train_sr (no {', '.join(missing)}); "
+                                f"{fix() if callable(fix) else fix}.")
+    return checkpoint
+
+
+def final_checkpoint_recovery(model_folder: str, stage: str) -> str:
+    """How to get a good final checkpoint back: rewrite it from the stage's finished latest checkpoint, or
+    retrain."""
+    latest = latest_checkpoint(model_folder, stage)
+    finished = False
+    if os.path.isfile(latest):
+        try:
+            checkpoint = read_checkpoint(latest, "")
+            finished = checkpoint["step"] == checkpoint["steps"]
+        except RehrsegInputError:
+            pass
+    if finished:
+        return (f"delete it and re-run rehrseg_train_sr --continue with the same options, which rewrites it from "
+                f"{latest} (kept, with the later stages)")
+    later = ", ".join(stage_dir(model_folder, s) for s in STAGES[STAGES.index(stage):])
+    return (f"retrain that stage and the later ones: delete {later} and re-run rehrseg_train_sr --continue with the "
+            f"same options (or train a new model with -o another folder)")
+
+
+def verified_final_checkpoint(model_folder: str, stage: str) -> dict:
+    """A stage's checkpoint_final.pth, loaded on the CPU, after checking that it is this model's own.
+
+    Checks: the file exists; its SHA-256 is the one rehrseg_train_sr recorded in config.json (when recorded: a
+    checkpoint of another SR model swapped in, or a damaged one, is refused); it loads and holds an SR network.
+
+    Returns:
+        The checkpoint dict (``model``, ``network``, ``network_kwargs``, ``step``, ``steps``).
+
+    Raises:
+        RehrsegInputError: one line naming the file and the recovery.
+    """
+    path = final_checkpoint(model_folder, stage)
+    if not os.path.isfile(path):
+        raise RehrsegInputError(f"{path} is missing: SR stage {stage} has not finished; run rehrseg_train_sr "
+                                f"--continue with the same options.")
+    expected = SRConfig.load(model_folder).checkpoint_sha256.get(stage)
+    if expected:
+        actual = file_sha256(path)
+        if actual != expected:
+            raise RehrsegInputError(
+                f"{path} is not the stage {stage} network this SR model trained (SHA-256 {actual[:12]}... but "
+                f"config.json records {expected[:12]}...: a checkpoint of another model, or a damaged file); "
+                f"{final_checkpoint_recovery(model_folder, stage)}.")
+    return read_checkpoint(path, lambda: final_checkpoint_recovery(model_folder, stage))
+
+
+def check_checkpoint_fits_config(checkpoint: dict, config: SRConfig, model_folder: str, stage: str) -> None:
+    """The network a final checkpoint holds must be the one config.json describes (channels, classes, r and the
+    preset's sizes): an edited config.json would otherwise apply the network with another r or label set.
+
+    Raises:
+        RehrsegInputError: naming the first differing setting and the fix.
+    """
+    stored = checkpoint["network_kwargs"]
+    if checkpoint["network"] == "plane":
+        expected = config.plane_net_kwargs()
+    else:
+        expected = config.slice_net_kwargs(uncertainty_head=bool(stored.get("num_attention_maps", 0)))
+    expected.pop("refine_prior", None)  # not a config setting
+
+    def plain(value: object) -> object:
+        return list(value) if isinstance(value, tuple) else value
+
+    for key in sorted(set(expected) & set(stored)):
+        if plain(expected[key]) != plain(stored[key]):
+            raise RehrsegInputError(
+                f"{os.path.join(model_folder, CONFIG_FILE)} gives {key} = {plain(expected[key])} but the stage {stage} "
+                f"network in {final_checkpoint(model_folder, stage)} was trained with {key} = {plain(stored[key])}; "
+                f"restore the config.json that rehrseg_train_sr wrote (or retrain the model).")
+
+
+def save_final_checkpoint(checkpoint: dict, model_folder: str, stage: str, config: SRConfig) -> str:
+    """Write a stage's checkpoint_final.pth and record its SHA-256 in ``config`` (saved to config.json first, so
+    that a final checkpoint never exists without its record). Returns the SHA-256."""
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    data = buffer.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    config.checkpoint_sha256 = {**config.checkpoint_sha256, stage: digest}
+    config.save(model_folder)
+    write_atomically(final_checkpoint(model_folder, stage), lambda handle: handle.write(data))
+    return digest
 
 
 def select_device(name: str | None = None) -> torch.device:

@@ -308,3 +308,28 @@ def uncertainty_parameter_prefixes() -> tuple[str, ...]:
 def head_parameter_prefixes(num_attention_maps: int) -> tuple[str, ...]:
     """Names of the output layers that stage 1c re-initialises when it starts from stage 1b."""
     return ("reconstructions.", "attention.", "uncertainty.") if num_attention_maps else ("out.",)
+
+
+def network_from_checkpoint(checkpoint: dict, source: str) -> nn.Module:
+    """The network an SR checkpoint holds (``network``: ``plane`` or ``slice``, ``network_kwargs``, ``model``),
+    built on the CPU with its weights loaded.
+
+    Args:
+        checkpoint: a checkpoint of ``rehrseg_train_sr`` (e.g. from
+            :func:`rehrseg_nnunet.sr.config.verified_final_checkpoint`).
+        source: the checkpoint's file, for the message.
+
+    Raises:
+        RehrsegInputError: the checkpoint's weights do not fit the network its kwargs describe.
+    """
+    from rehrseg_nnunet.errors import RehrsegInputError
+
+    kind = PlaneSRNet if checkpoint["network"] == "plane" else SliceInterpolationNet
+    try:
+        net = kind(**checkpoint["network_kwargs"])
+        net.load_state_dict(checkpoint["model"])
+    except (RuntimeError, TypeError, ValueError, KeyError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RehrsegInputError(f"{source} holds weights that do not fit its own network ({reason[:160]}); retrain "
+                                f"that stage (rehrseg_train_sr --continue after deleting the file).") from None
+    return net

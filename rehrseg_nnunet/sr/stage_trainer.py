@@ -12,7 +12,17 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from rehrseg_nnunet.errors import RehrsegInputError
-from rehrseg_nnunet.sr.config import STAGES, atomic_save, final_checkpoint, latest_checkpoint, stage_dir
+from rehrseg_nnunet.sr.config import (
+    STAGES,
+    SRConfig,
+    atomic_save,
+    final_checkpoint,
+    latest_checkpoint,
+    previous_checkpoint,
+    read_checkpoint,
+    save_final_checkpoint,
+    stage_dir,
+)
 from rehrseg_nnunet.sr.networks import SliceInterpolationNet
 
 #: Lower bound of sigma in the UASR loss (normalised intensity units): errors below 1 % of the
@@ -96,12 +106,14 @@ class StageTrainer:
         device: torch device.
         seed: base seed; each step reseeds from (seed, step) so a resumed run samples like an uninterrupted one.
         save_every: checkpoint interval in steps.
+        config: the model's config; the final checkpoint's SHA-256 is recorded in it (and its config.json).
     """
 
     def __init__(self, model_folder: str, stage: str, net: torch.nn.Module, network: str, network_kwargs: dict,
                  sampler, steps: int, batch_size: int, learning_rate: float, device: torch.device, seed: int,
-                 save_every: int, log, fast_prefixes: tuple[str, ...] = ()):
+                 save_every: int, log, fast_prefixes: tuple[str, ...] = (), config: SRConfig | None = None):
         self.model_folder, self.stage, self.net = model_folder, stage, net.to(device)
+        self.config = config
         self.network, self.network_kwargs = network, network_kwargs
         self.sampler, self.steps, self.batch_size = sampler, steps, batch_size
         self.device, self.seed, self.save_every, self.log = device, seed, max(1, save_every), log
@@ -119,10 +131,11 @@ class StageTrainer:
                 "step": self.step, "steps": self.steps}
 
     def resume(self) -> None:
-        path = latest_checkpoint(self.model_folder, self.stage)
-        if not os.path.isfile(path):
+        """Continue from the latest checkpoint; from the previous one when the latest is unreadable (or was
+        being replaced when the run stopped)."""
+        checkpoint, path = resumable_checkpoint(self.model_folder, self.stage, self.log)
+        if checkpoint is None:
             return
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         if checkpoint["steps"] != self.steps:
             raise RehrsegInputError(
                 f"{path} was trained towards {checkpoint['steps']} steps, not {self.steps}; pass the same --steps to "
@@ -132,12 +145,19 @@ class StageTrainer:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.step = checkpoint["step"]
+        latest = latest_checkpoint(self.model_folder, self.stage)
+        if path != latest:  # the good previous checkpoint becomes the latest (replacing an unreadable one)
+            os.replace(path, latest)
         self.log(f"stage {self.stage}: resumed from step {self.step} of {self.steps}")
 
     def _save_latest(self) -> None:
+        """Write a new checkpoint_latest.pth; the one it replaces is kept as checkpoint_previous.pth."""
         checkpoint = self._checkpoint()
         checkpoint.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict())
-        atomic_save(checkpoint, latest_checkpoint(self.model_folder, self.stage))
+        latest = latest_checkpoint(self.model_folder, self.stage)
+        if os.path.isfile(latest):
+            os.replace(latest, previous_checkpoint(self.model_folder, self.stage))
+        atomic_save(checkpoint, latest)
 
     def run(self, loss_fn) -> None:
         os.makedirs(stage_dir(self.model_folder, self.stage), exist_ok=True)
@@ -162,10 +182,49 @@ class StageTrainer:
             if self.step % self.save_every == 0 or self.step == self.steps:
                 self._save_latest()
         bar.close()
-        atomic_save(self._checkpoint(), final_checkpoint(self.model_folder, self.stage))
+        if self.config is not None:
+            save_final_checkpoint(self._checkpoint(), self.model_folder, self.stage, self.config)
+        else:
+            atomic_save(self._checkpoint(), final_checkpoint(self.model_folder, self.stage))
         seconds = time.time() - started
         self.log(f"stage {self.stage}: finished {self.steps} steps ({self.step - start_step} in this run, "
                  f"{seconds:.1f} s), final loss {running if running is not None else float('nan'):.4f}")
+
+
+LATEST_KEYS = ("model", "network", "network_kwargs", "step", "steps", "optimizer", "scheduler")
+
+
+def resumable_checkpoint(model_folder: str, stage: str, log=None) -> tuple[dict | None, str]:
+    """The checkpoint ``--continue`` resumes a stage from: checkpoint_latest.pth, else checkpoint_previous.pth
+    (kept when a new latest is written) when the latest is unreadable or missing.
+
+    Returns:
+        (checkpoint, its path), or (None, "") when the stage has not written a checkpoint yet.
+
+    Raises:
+        RehrsegInputError: the latest checkpoint is unreadable and there is no readable previous one.
+    """
+    latest, previous = latest_checkpoint(model_folder, stage), previous_checkpoint(model_folder, stage)
+    fix = (f"delete it and re-run rehrseg_train_sr --continue with the same options to restart stage {stage} from "
+           f"step 0 (the finished stages are kept)")
+    if not os.path.isfile(latest):
+        if not os.path.isfile(previous):
+            return None, ""
+        checkpoint = read_checkpoint(previous, fix, LATEST_KEYS)  # a run stopped while replacing the latest
+        return checkpoint, previous
+    try:
+        return read_checkpoint(latest, fix, LATEST_KEYS), latest
+    except RehrsegInputError as error:
+        if not os.path.isfile(previous):
+            raise
+        try:
+            checkpoint = read_checkpoint(previous, fix, LATEST_KEYS)
+        except RehrsegInputError:
+            raise error from None
+        if log is not None:
+            log(f"stage {stage}: {latest} is truncated or unreadable; resuming from {previous} "
+                f"(step {checkpoint['step']}) instead")
+        return checkpoint, previous
 
 
 def stage_learning_rate(settings: dict, stage: str) -> float:

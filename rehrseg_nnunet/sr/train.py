@@ -1,8 +1,11 @@
 """``rehrseg_train_sr``: stages 1a -> 1b -> 1c of the self-supervised SR (METHOD.md, stage 1).
 
-Each stage checkpoints to ``<model>/stage_<s>/checkpoint_latest.pth`` while it trains (atomically)
-and to ``checkpoint_final.pth`` when done; ``--continue`` resumes the first unfinished stage from its
-latest checkpoint. Nothing is written before every case of the dataset has been checked.
+Each stage checkpoints to ``<model>/stage_<s>/checkpoint_latest.pth`` while it trains (atomically; the
+one it replaces is kept as ``checkpoint_previous.pth``) and to ``checkpoint_final.pth`` when done, whose
+SHA-256 config.json records (every loader checks it); ``--continue`` checks the finished stages' checkpoints,
+then resumes the first unfinished stage from its latest checkpoint, or from the previous one when the latest
+is unreadable. Nothing is written before every case of the dataset (and, with ``--continue``, every
+checkpoint) has been checked.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 from tqdm import tqdm
 
@@ -27,13 +31,15 @@ from rehrseg_nnunet.dataset_io import (
 from rehrseg_nnunet.degradation import profile_fwhm
 from rehrseg_nnunet.errors import RehrsegInputError
 from rehrseg_nnunet.file_writing import remove_stale_temporary_files
-from rehrseg_nnunet.geometry import DatasetGeometry, Grid, determine_geometry
+from rehrseg_nnunet.geometry import DatasetGeometry, Grid, determine_geometry, scale_factor_rule
 from rehrseg_nnunet.sr.config import (
     PRESETS,
     STAGES,
     SRConfig,
+    check_checkpoint_fits_config,
     final_checkpoint,
     select_device,
+    verified_final_checkpoint,
 )
 from rehrseg_nnunet.sr.flavr import load_flavr_weights, read_flavr_checkpoint
 from rehrseg_nnunet.sr.infer import (
@@ -53,6 +59,7 @@ from rehrseg_nnunet.sr.stage_trainer import (
     StageTrainer,
     calibrate_uncertainty_scale,
     plane_loss,
+    resumable_checkpoint,
     slice_loss,
     stage_learning_rate,
 )
@@ -64,13 +71,14 @@ def load_training_cases(dataset: RawDataset, slice_axis: int | None, scale_facto
     raw = []
     for case in dataset.training:
         images, label = read_case(case, require_label=True)
+        # on the stored values: case_arrays rounds them (0.5 would silently become background)
+        check_label_values(case.label_file, sitk.GetArrayViewFromImage(label), dataset.label_values)
         raw.append((case, images, label))
     grids = [(case.image_files[0], Grid.from_image(images[0])) for case, images, _ in raw]
     geometry = determine_geometry(grids, slice_axis, scale_factor)
     cases = []
     for case, images, label in raw:
         image, labels = case_arrays(images, label, geometry.slice_axis)
-        check_label_values(case.label_file, labels, dataset.label_values)
         if min(image.shape[2:]) < 2 * geometry.scale_factor or image.shape[1] < 2:
             raise RehrsegInputError(
                 f"{case.image_files[0]} is too small ({image.shape[1:]} voxels) to learn SR from; use larger volumes."
@@ -221,6 +229,11 @@ def prepare_run(dataset: str, options: SRTrainingOptions) -> SRRun:
         f"r = {geometry.scale_factor}, preset {options.preset}, device {device}, steps {config.steps}")
     thick, fine = geometry.lr_spacing[geometry.slice_axis], float(np.mean(in_plane))
     r = geometry.scale_factor
+    rule = scale_factor_rule(geometry.lr_spacing, geometry.slice_axis)
+    if options.scale_factor is None:
+        log(f"scale factor: {rule}; --scale-factor overrides")
+    else:
+        log(f"scale factor: r = {r} from --scale-factor (the spacing gives {rule})")
     if round(thick / fine) != r:  # --scale-factor overrode the acquisition's ratio: say what that means
         log(f"note: r = {r} is not the acquisition's ratio {thick / fine:.2f} ({thick:g} mm / {fine:g} mm): the HR "
             f"grid gets {thick / r:.3g} mm slices (neither the in-plane {fine:g} mm nor the acquired {thick:g} mm), "
@@ -244,7 +257,21 @@ def check_resumable(model_folder: str, config: SRConfig, resume: bool) -> None:
                 f"{os.path.join(model_folder, 'config.json')} has {key}={getattr(previous, key)} but this run has "
                 f"{getattr(config, key)}; continue with the same data and options or use another -o."
             )
+    check_checkpoints(model_folder, previous)
     config.uncertainty_scale = previous.uncertainty_scale
+    config.checkpoint_sha256 = dict(previous.checkpoint_sha256)
+
+
+def check_checkpoints(model_folder: str, config: SRConfig) -> None:
+    """Before ``--continue`` writes anything: every finished stage's final checkpoint is this model's own (its
+    recorded SHA-256), loads and fits config.json; the first unfinished stage's latest checkpoint (or the
+    previous one) loads."""
+    for stage in STAGES:
+        if os.path.isfile(final_checkpoint(model_folder, stage)):
+            check_checkpoint_fits_config(verified_final_checkpoint(model_folder, stage), config, model_folder, stage)
+        else:
+            resumable_checkpoint(model_folder, stage)
+            return
 
 
 def stage_trainer(run: SRRun, stage: str, net: torch.nn.Module, network: str, kwargs: dict, sampler,
@@ -253,7 +280,8 @@ def stage_trainer(run: SRRun, stage: str, net: torch.nn.Module, network: str, kw
     settings = run.config.settings
     trainer = StageTrainer(run.model_folder, stage, net, network, kwargs, sampler, run.config.steps[stage],
                            settings["batch_size"][stage], stage_learning_rate(settings, stage), run.device,
-                           run.options.seed, run.options.save_every, run.log, fast_prefixes=fast_prefixes)
+                           run.options.seed, run.options.save_every, run.log, fast_prefixes=fast_prefixes,
+                           config=run.config)
     if run.options.resume:
         trainer.resume()
     return trainer
