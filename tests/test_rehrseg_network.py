@@ -217,7 +217,7 @@ def test_guided_hr_logits_see_the_full_resolution_input(hr_guidance):
 @pytest.mark.parametrize("hr_guidance", ["stem", "level"])
 def test_guided_network_shapes_and_fine_tuning_start(hr_guidance):
     """Guided networks give the same outputs' shapes; the inner U-Net keeps PlainConvUNet's keys (so
-    -pretrained_weights fills it), every new layer is under rehrseg.seg_layers (skipped by nnU-Net's loader),
+    -pretrained_weights fills it), every new layer is under rehrseg.seg_layers, the carried SR model is a buffer,
     and a full-resolution level starts with the LR logits of the LR U-Net alone (zero-initialised injection)."""
     r = 3
     net = build_guided(r, hr_guidance)
@@ -227,8 +227,8 @@ def test_guided_network_shapes_and_fine_tuning_start(hr_guidance):
     assert [tuple(o.shape) for o in out["lr"]] == [(2, 3, 4, 16, 16), (2, 3, 4, 8, 8)]
     plain = PlainConvUNet(**UNET_KWARGS, deep_supervision=True)
     missing, unexpected = plain.load_state_dict(net.state_dict(), strict=False)
-    assert not missing and all(key.startswith("rehrseg.seg_layers.") for key in unexpected)
-    assert any(".hr_encoder." in key for key in unexpected)
+    assert not missing and all(key.startswith(("rehrseg.seg_layers.", "carried_sr.")) for key in unexpected)
+    assert any(".hr_encoder." in key for key in unexpected) and "carried_sr.bundle" in unexpected
     if hr_guidance == "level":
         assert net.rehrseg["seg_layers"]["hr_to_lr"].weight.abs().max() == 0
         with torch.no_grad():

@@ -18,19 +18,12 @@ import torch
 from torch import nn
 
 from rehrseg_nnunet.errors import RehrsegInputError
-from rehrseg_nnunet.sr.config import SRConfig, checkpoint_sha256, final_checkpoint
+from rehrseg_nnunet.sr.config import SRConfig, checkpoint_sha256, final_checkpoint, verified_final_checkpoint
 
 DIGEST_BYTES = 32
 #: what ``rehrseg_predict`` tells a user whose model carries no usable SR model
 RETRAIN_HINT = ("retrain the model (nnUNetv2_train ... -tr REHRSegTrainer) or re-install it from its export, "
                 "or predict with a paper-network model (-tr REHRSegTrainer_paper)")
-
-
-def stages_needed(model_folder: str, stage: str) -> list[str]:
-    """The stage networks super-resolution needs: the final stage, and stage 1a when it refines 1a's prior."""
-    checkpoint = torch.load(final_checkpoint(model_folder, stage), map_location="cpu", weights_only=False)
-    refines = stage != "1a" and checkpoint["network_kwargs"].get("refine_prior", False)
-    return [stage, "1a"] if refines else [stage]
 
 
 def sr_model_payload(model_folder: str, stage: str, expected_sha256: str | None) -> dict:
@@ -55,10 +48,14 @@ def sr_model_payload(model_folder: str, stage: str, expected_sha256: str | None)
         raise RehrsegInputError(f"{path} is not the SR network that made this dataset (its SHA-256 differs from the "
                                 "dataset.json's); restore that model, or re-run rehrseg_make_pseudohr with this one.")
     networks, sha256 = {}, {}
-    for needed in stages_needed(model_folder, stage):
-        checkpoint = torch.load(final_checkpoint(model_folder, needed), map_location="cpu", weights_only=False)
-        networks[needed] = {key: checkpoint[key] for key in ("network", "network_kwargs", "model")}
-        sha256[needed] = checkpoint_sha256(model_folder, needed)
+    needed = [stage]
+    while needed:  # the final stage, and stage 1a when it refines 1a's prior
+        current = needed.pop()
+        checkpoint = verified_final_checkpoint(model_folder, current)
+        networks[current] = {key: checkpoint[key] for key in ("network", "network_kwargs", "model")}
+        sha256[current] = checkpoint_sha256(model_folder, current)
+        if current != "1a" and checkpoint["network_kwargs"].get("refine_prior", False):
+            needed.append("1a")
     return {"config": asdict(SRConfig.load(model_folder)), "stage": stage, "networks": networks, "sha256": sha256}
 
 

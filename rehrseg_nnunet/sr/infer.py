@@ -18,8 +18,8 @@ from rehrseg_nnunet.dataset_io import case_arrays, from_slice_first
 from rehrseg_nnunet.errors import RehrsegInputError
 from rehrseg_nnunet.geometry import Grid, check_thick_slice_spacing
 from rehrseg_nnunet.sr.background import restore_source_intensities
-from rehrseg_nnunet.sr.config import SRConfig, final_checkpoint, select_device
-from rehrseg_nnunet.sr.networks import NUM_FRAMES, PlaneSRNet, SliceInterpolationNet
+from rehrseg_nnunet.sr.config import SRConfig, final_checkpoint, select_device, verified_final_checkpoint
+from rehrseg_nnunet.sr.networks import NUM_FRAMES, PlaneSRNet, SliceInterpolationNet, network_from_checkpoint
 from rehrseg_nnunet.sr.pairs import one_hot
 
 
@@ -143,20 +143,10 @@ def slice_super_resolve(net: SliceInterpolationNet, volume: np.ndarray, device: 
     return image, classes, uncertainty
 
 
-def _build(kind: str, kwargs: dict) -> torch.nn.Module:
-    return PlaneSRNet(**kwargs) if kind == "plane" else SliceInterpolationNet(**kwargs)
-
-
 def load_stage_network(model_folder: str, stage: str, device: torch.device) -> torch.nn.Module:
-    """The trained network of a stage from its final checkpoint."""
-    path = final_checkpoint(model_folder, stage)
-    if not os.path.isfile(path):
-        raise RehrsegInputError(f"{path} is missing: SR stage {stage} has not finished; run rehrseg_train_sr "
-                                "--continue.")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    net = _build(checkpoint["network"], checkpoint["network_kwargs"])
-    net.load_state_dict(checkpoint["model"])
-    return net.to(device).eval()
+    """The trained network of a stage from its final checkpoint (SHA-256 and readability checked)."""
+    checkpoint = verified_final_checkpoint(model_folder, stage)
+    return network_from_checkpoint(checkpoint, final_checkpoint(model_folder, stage)).to(device).eval()
 
 
 @dataclass
@@ -226,10 +216,7 @@ class SuperResolver:
         resolver.stage = payload["stage"]
 
         def network(stage: str) -> torch.nn.Module:
-            checkpoint = payload["networks"][stage]
-            net = _build(checkpoint["network"], checkpoint["network_kwargs"])
-            net.load_state_dict(checkpoint["model"])
-            return net.to(resolver.device).eval()
+            return network_from_checkpoint(payload["networks"][stage], source).to(resolver.device).eval()
 
         resolver.net = network(resolver.stage)
         resolver.plane_net = network("1a") if getattr(resolver.net, "refine_prior", False) else None
