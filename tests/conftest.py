@@ -53,6 +53,26 @@ PHANTOM_DIRECTION = (COS20, 0.0, SIN20, 0.0, 1.0, 0.0, -SIN20, 0.0, COS20)
 PHANTOM_ORIGIN = (5.0, -3.0, 12.0)
 
 
+def phantom_workspace(root, trained_sr_model) -> dict:
+    """nnU-Net folders below ``root`` with the session's phantom dataset (502) and its SR model where
+    rehrseg_train_sr puts it by default (so datasets refer to it relative to nnUNet_results).
+
+    Returns:
+        ``raw``, ``results``, ``sr_model`` paths, ``env`` (nnU-Net's variables, the trainer shim) and
+        ``train_env`` (augmentation in the training process, which breaks planning).
+    """
+    from rehrseg_nnunet.training import EXT_TRAINER_FOLDER
+
+    raw, results = root / "raw", root / "results"
+    shutil.copytree(os.path.join(trained_sr_model["raw"], "Dataset502_Phantom"), raw / "Dataset502_Phantom")
+    sr_model = results / "Dataset502_Phantom" / "rehrseg_sr"
+    shutil.copytree(trained_sr_model["model"], sr_model)
+    env = {"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(root / "preprocessed"), "nnUNet_results": str(results),
+           "nnUNet_def_n_proc": "1", "nnUNet_compile": "0", "nnUNet_extTrainer": EXT_TRAINER_FOLDER}
+    return {"raw": raw, "results": results, "sr_model": sr_model, "env": env,
+            "train_env": {**env, "nnUNet_n_proc_DA": "0"}}
+
+
 @pytest.fixture(scope="session")
 def trained_sr_model(tmp_path_factory):
     """A tiny SR model trained through the console script on a two-channel, three-label phantom dataset."""

@@ -15,9 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import assert_ok, assert_one_line_error, run_script
-
-from rehrseg_nnunet.training import EXT_TRAINER_FOLDER
+from conftest import assert_ok, assert_one_line_error, phantom_workspace, run_script
 
 pytestmark = pytest.mark.slow
 
@@ -56,14 +54,8 @@ def stock_lr_checkpoint(env: dict, results, dataset: str = "Dataset502_Phantom")
 @pytest.fixture(scope="module")
 def fine_tuned(tmp_path_factory, trained_sr_model):
     root = tmp_path_factory.mktemp("fine_tuning")
-    raw, results = root / "raw", root / "results"
-    shutil.copytree(os.path.join(trained_sr_model["raw"], "Dataset502_Phantom"), raw / "Dataset502_Phantom")
-    # the SR model where rehrseg_train_sr puts it by default, so the dataset refers to it relative to nnUNet_results
-    sr_model = results / "Dataset502_Phantom" / "rehrseg_sr"
-    shutil.copytree(trained_sr_model["model"], sr_model)
-    env = {"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(root / "preprocessed"), "nnUNet_results": str(results),
-           "nnUNet_def_n_proc": "1", "nnUNet_compile": "0", "nnUNet_extTrainer": EXT_TRAINER_FOLDER}
-    train_env = {**env, "nnUNet_n_proc_DA": "0"}  # augmentation in the training process (breaks planning)
+    workspace = phantom_workspace(root, trained_sr_model)
+    results, sr_model, env, train_env = (workspace[k] for k in ("results", "sr_model", "env", "train_env"))
     assert_ok(run_script("rehrseg_make_pseudohr", ["-d", "502", "-o", "616", "-device", "cpu"], env))
     for dataset in ("502", "616"):
         assert_ok(run_script("nnUNetv2_plan_and_preprocess", ["-d", dataset, "-c", "3d_fullres", "-np", "1",

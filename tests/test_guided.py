@@ -5,7 +5,6 @@ crash safety of outputs and checkpoints.
 """
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,15 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import (
-    PHANTOM_DIRECTION,
-    assert_ok,
-    assert_one_line_error,
-    run_script,
-    tree_digest,
-)
-
-from rehrseg_nnunet.training import EXT_TRAINER_FOLDER
+from conftest import PHANTOM_DIRECTION, assert_ok, assert_one_line_error, phantom_workspace, run_script, tree_digest
 
 pytestmark = pytest.mark.slow
 
@@ -38,13 +29,8 @@ def predict_flags(trainer: str) -> list[str]:
 @pytest.fixture(scope="module")
 def guided(tmp_path_factory, trained_sr_model):
     root = tmp_path_factory.mktemp("guided")
-    raw, results = root / "raw", root / "results"
-    shutil.copytree(os.path.join(trained_sr_model["raw"], "Dataset502_Phantom"), raw / "Dataset502_Phantom")
-    sr_model = results / "Dataset502_Phantom" / "rehrseg_sr"
-    shutil.copytree(trained_sr_model["model"], sr_model)
-    env = {"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(root / "preprocessed"), "nnUNet_results": str(results),
-           "nnUNet_def_n_proc": "1", "nnUNet_compile": "0", "nnUNet_extTrainer": EXT_TRAINER_FOLDER}
-    train_env = {**env, "nnUNet_n_proc_DA": "0"}
+    workspace = phantom_workspace(root, trained_sr_model)
+    raw, sr_model, env, train_env = (workspace[k] for k in ("raw", "sr_model", "env", "train_env"))
     assert_ok(run_script("rehrseg_make_pseudohr", ["-d", "502", "-o", "617", "-device", "cpu"], env))
     assert_ok(run_script("nnUNetv2_plan_and_preprocess", ["-d", "617", "-c", "3d_fullres", "-np", "1", "-npfp", "1"],
                          env))
