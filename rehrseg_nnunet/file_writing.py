@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -142,3 +143,17 @@ def write_image_atomically(image: sitk.Image, path: str) -> None:
     finally:
         if os.path.exists(partial):
             os.remove(partial)
+
+
+def keep_as_previous(path: str, previous: str) -> None:
+    """Make ``previous`` a copy of ``path`` (a hard link where the file system has them) without ``path`` ever
+    being absent: call it before atomically replacing ``path``, so a kill at any moment leaves a complete latest
+    file and a complete previous one."""
+    if not os.path.isfile(path):
+        return
+    temporary = f"{previous}.{os.getpid()}{TEMPORARY_SUFFIX}"
+    try:
+        os.link(path, temporary)
+    except OSError:  # no hard links here (some network file systems)
+        shutil.copy2(path, temporary)
+    os.replace(temporary, previous)

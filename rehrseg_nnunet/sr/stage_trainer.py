@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from rehrseg_nnunet.errors import RehrsegInputError
+from rehrseg_nnunet.file_writing import keep_as_previous
 from rehrseg_nnunet.sr.config import (
     STAGES,
     SRConfig,
@@ -155,8 +156,7 @@ class StageTrainer:
         checkpoint = self._checkpoint()
         checkpoint.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict())
         latest = latest_checkpoint(self.model_folder, self.stage)
-        if os.path.isfile(latest):
-            os.replace(latest, previous_checkpoint(self.model_folder, self.stage))
+        keep_as_previous(latest, previous_checkpoint(self.model_folder, self.stage))  # latest is never absent
         atomic_save(checkpoint, latest)
 
     def run(self, loss_fn) -> None:

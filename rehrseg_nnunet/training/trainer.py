@@ -27,7 +27,7 @@ from torch.profiler import record_function
 from rehrseg_nnunet.contract import StageContract
 from rehrseg_nnunet.degradation import centre_slice_labels, labels_to_lr_tensor
 from rehrseg_nnunet.errors import RehrsegInputError
-from rehrseg_nnunet.file_writing import TEMPORARY_SUFFIX, process_alive
+from rehrseg_nnunet.file_writing import TEMPORARY_SUFFIX, keep_as_previous, process_alive
 from rehrseg_nnunet.losses import (
     UncertaintyWeightedCE,
     UncertaintyWeightedCEAndDice,
@@ -233,8 +233,8 @@ class REHRSegTrainer(nnUNetTrainer):
             super().save_checkpoint(partial)
             if not os.path.isfile(partial):  # not rank 0, or checkpointing disabled
                 return
-            if os.path.basename(filename) == LATEST_CHECKPOINT and os.path.isfile(filename):
-                os.replace(filename, os.path.join(os.path.dirname(filename), PREVIOUS_CHECKPOINT))
+            if os.path.basename(filename) == LATEST_CHECKPOINT:
+                keep_as_previous(filename, os.path.join(os.path.dirname(filename), PREVIOUS_CHECKPOINT))
             os.replace(partial, filename)
         finally:
             if os.path.exists(partial):
