@@ -151,9 +151,13 @@ def keep_as_previous(path: str, previous: str) -> None:
     file and a complete previous one."""
     if not os.path.isfile(path):
         return
+    if os.path.isfile(previous) and os.path.samefile(path, previous):
+        return  # a run killed between this call and the replace of ``path`` left them as one file already
     temporary = f"{previous}.{os.getpid()}{TEMPORARY_SUFFIX}"
     try:
         os.link(path, temporary)
     except OSError:  # no hard links here (some network file systems)
         shutil.copy2(path, temporary)
     os.replace(temporary, previous)
+    if os.path.lexists(temporary):  # rename(2) does nothing when both names are links to one file
+        os.remove(temporary)

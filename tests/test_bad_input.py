@@ -152,3 +152,21 @@ def test_stale_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_pa
         path.write_bytes(b"x")
     assert remove_stale_temporary_files(str(tmp_path)) == 1
     assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_keep_as_previous_after_a_kill_between_link_and_replace_leaves_no_temporary(tmp_path):
+    """A kill after the previous checkpoint was linked but before the latest was replaced leaves both names on one
+    file; the next save must not leave its own temporary behind (rename(2) is a no-op for two links to one file)."""
+    from rehrseg_nnunet.file_writing import keep_as_previous
+
+    latest, previous = tmp_path / "checkpoint_latest.pth", tmp_path / "checkpoint_previous.pth"
+    latest.write_bytes(b"step 4")
+    keep_as_previous(str(latest), str(previous))  # ... and the kill lands here
+    keep_as_previous(str(latest), str(previous))  # the resumed run's first save
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_latest.pth", "checkpoint_previous.pth"]
+    assert previous.read_bytes() == b"step 4"
+    latest.unlink()
+    latest.write_bytes(b"step 6")  # a new latest: previous must now become a copy of it
+    keep_as_previous(str(latest), str(previous))
+    assert previous.read_bytes() == b"step 6"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_latest.pth", "checkpoint_previous.pth"]
