@@ -4,7 +4,9 @@ Data: case folders under ``--data`` (``t1c.nii.gz``, ``labels.nii.gz`` at 1 mm; 
 has pat0001-pat0004). Thick slices are simulated at r = 4 along z (Gaussian slice profile; LR labels by the
 majority rule). Training sees the LR images and LR labels of its training cases only (the oracle excepted);
 the 1 mm labels of the test cases are used for scoring only. Split: ``--train-cases`` / ``--test-cases``
-(default pat0001-pat0003 / pat0004), or ``--folds K`` (cross-validation over the union of both lists).
+(default pat0001-pat0003 / pat0004), ``--leave-one-out CASE ...`` (each listed case held out in turn, training on
+the rest of the union of both lists; the fold equal to the fixed split reuses the ``fixed`` work folder), or
+``--folds K`` (K-fold cross-validation over that union).
 
 The method's protocol (METHOD.md): REHRSeg is fine-tuned from the converged LR nnU-Net. With E1 =
 ``--lr-epochs`` and E2 = ``--finetune-epochs`` (x ``--iterations`` each), every method spends E1 + E2 epochs:
@@ -22,15 +24,20 @@ The method's protocol (METHOD.md): REHRSeg is fine-tuned from the converged LR n
   (``rehrseg_plan --lr_plans`` gives the inner U-Net its topology; lr 1e-3, or 1e-2 for the last),
   predicted with ``rehrseg_predict``;
 - ``oracle_hr``: stock nnU-Net on the true 1 mm images and labels, predicted from the 1 mm test image (ceiling).
-The self-SR model is trained (``rehrseg_train_sr``) on the LR training cases of the split only.
+The self-SR model is trained (``rehrseg_train_sr``) on the LR training cases of the split only. What each
+method trains on and how it predicts is defined in benchmarks/brats_methods.py (one entry per method).
 
 Scores per test case, on the HR grid (1 mm labels) and on the LR grid (HR predictions brought down by the
 majority rule): Dice and HD95 of every class and of the BraTS regions (whole tumour 1-4, tumour core 1+3+4,
 enhancing 4); mean and std over test cases; ``per_class_mean_hr_dice`` = mean over the classes of their mean HR
-Dice (classes present in reference or prediction).
+Dice (classes present in reference or prediction). Costs per method: training seconds per iteration (all
+sittings), prediction seconds per volume (super-resolution included where the method uses it) and the peak RSS
+of training (this process, augmentation in-process on CPU) and of prediction (the largest process of the run).
 
     python benchmarks/brats_4x.py --device cpu                                   # fixed split, quick budget
     python benchmarks/brats_4x.py --device cuda --folds 2 --lr-epochs 40 --finetune-epochs 20 --iterations 50
+    python benchmarks/brats_4x.py --device cpu --lr-epochs 96 --finetune-epochs 64 \
+        --leave-one-out pat0004 pat0003 pat0002 --output benchmarks/results/brats_4x_cv.json   # issue 28
 
 Everything resumes: a re-run skips finished models (an interrupted one continues from its latest
 checkpoint), predictions and the SR model; work lives in ``--work``, one folder per split. Writes
@@ -60,16 +67,27 @@ from rehrseg_nnunet.resized_plans import write_resized_plans
 from rehrseg_nnunet.shape_interpolation import shape_based_upsample_image
 from rehrseg_nnunet.training import EXT_TRAINER_FOLDER
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from brats_methods import (  # noqa: E402
+    BENCH_PLANS,
+    DATASETS,
+    INIT_PLANS,
+    LR_INIT,
+    METHODS,
+    PSEUDOHR_ID,
+    SCORED_KEYS,
+    Method,
+    method_of_model,
+    models_needed,
+    recommended_key,
+)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 LABELS = {"background": 0, "necrosis": 1, "edema": 2, "non_enhancing": 3, "enhancing": 4}
 CLASSES = [name for name, value in LABELS.items() if value]
 REGIONS = {"whole_tumour": (1, 2, 3, 4), "tumour_core": (1, 3, 4), "enhancing_tumour": (4,)}
 SCALE_FACTOR = 4
 SLICE_AXIS = 2  # z, SimpleITK order
-DATASETS = {"lr": (911, "BratsLR4x"), "interp": (912, "BratsInterp4x"), "hr": (914, "BratsHR")}
-PSEUDOHR_ID = 913
-BENCH_PLANS = "BenchPlans"
-INIT_PLANS = "BenchPlansInit"  # the same plans under a second name: the E1-epoch LR model gets its own folder
 PREDICT_FLAGS = ["-c", "3d_fullres", "-f", "all", "-npp", "1", "-nps", "1"]
 
 
@@ -81,9 +99,44 @@ def script(name: str) -> str:
     return os.path.join(os.path.dirname(sys.executable), name)
 
 
-def run(command: list[str], env: dict | None = None) -> None:
+#: runs argv[2:] and writes the peak RSS (kB) of its largest process to argv[1]: a small interpreter in between,
+#: as a child's ru_maxrss starts from the RSS of the process that forked it (this one holds torch and more)
+MEASURED = ("import resource, subprocess, sys\n"
+            "code = subprocess.call(sys.argv[2:])\n"
+            "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+            "sys.exit(code)")
+
+
+def run(command: list[str], env: dict | None = None) -> int:
+    """Run ``command``; returns the peak RSS in bytes of the largest process of its tree."""
+    import tempfile
     log(" ".join(os.path.basename(command[0]) if i == 0 else shlex.quote(c) for i, c in enumerate(command)))
-    subprocess.run(command, check=True, env={**os.environ, **(env or {})})
+    with tempfile.TemporaryDirectory() as scratch:
+        peak_file = os.path.join(scratch, "peak_rss_kb")
+        subprocess.run([sys.executable, "-c", MEASURED, peak_file, *command], check=True,
+                       env={**os.environ, **(env or {})})
+        with open(peak_file) as handle:
+            return int(handle.read()) * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (VmHWM) so that :func:`peak_rss` measures from now; False where the kernel
+    does not allow it (then the peak covers the whole process)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss() -> int:
+    """This process's peak RSS in bytes (VmHWM), 0 where /proc is not available."""
+    try:
+        with open("/proc/self/status") as handle:
+            return next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return 0
 
 
 def dataset_name(key: str) -> str:
@@ -150,8 +203,8 @@ def write_bench_plans(preprocessed: str, dataset: str, patch_size: list[int], ar
 
 # --- training and prediction ------------------------------------------------------------------------------
 @dataclass
-class Method:
-    """One model to train and predict with."""
+class Model:
+    """One model of a split to train and predict with (a :class:`brats_methods.Method` made concrete)."""
 
     name: str
     dataset: str
@@ -173,11 +226,11 @@ def trainer_class_named(name: str):
                                        "nnunetv2.training.nnUNetTrainer")
 
 
-def model_folder(method: Method) -> str:
+def model_folder(method: Model) -> str:
     return os.path.join(os.environ["nnUNet_results"], method.dataset, f"{method.trainer}__{method.plans}__3d_fullres")
 
 
-def train(method: Method, args) -> float | None:
+def train(method: Model, args) -> float | None:
     """Train in this process for ``method.epochs`` x ``--iterations``; resumes from checkpoint_latest.pth.
     Returns the seconds this call trained (None when the model was already complete)."""
     import torch
@@ -211,30 +264,75 @@ def train(method: Method, args) -> float | None:
         log(f"{method.name}: fine-tuning from {method.initialised_from} ({loaded} of {total} inner U-Net tensors)")
     log(f"training {method.name} ({method.trainer} on {method.dataset}, {method.plans}): {method.epochs} epochs x "
         f"{args.iterations} iterations")
+    measured_alone = reset_peak_rss()
     started = time.perf_counter()
     trainer.run_training()
     seconds = time.perf_counter() - started
     del trainer
-    record = train_record(method)  # seconds of every sitting, so a resumed model still has its training time
+    record = train_record(method) or {}  # seconds of every sitting, so a resumed model still has its time
     write_json_atomically(os.path.join(folder, "fold_all", TRAIN_RECORD),
-                          {"seconds": (record or {}).get("seconds", 0.0) + seconds,
-                           "iterations": method.epochs * args.iterations})
+                          {"seconds": record.get("seconds", 0.0) + seconds,
+                           "iterations": method.epochs * args.iterations,
+                           "peak_rss_bytes": max(record.get("peak_rss_bytes") or 0, peak_rss() if measured_alone else 0)
+                           or None})
     return seconds
 
 
 TRAIN_RECORD = "benchmark_train_seconds.json"
+SPEED_RECORD = "benchmark_train_speed.json"
 
 
-def train_record(method: Method) -> dict | None:
-    """The training seconds a model took over all its sittings (None when not recorded)."""
-    path = os.path.join(model_folder(method), "fold_all", TRAIN_RECORD)
+def time_training(method: Model, args) -> None:
+    """Seconds per training iteration of ``method``'s trainer with nothing else on the machine's mind: data
+    loading and augmentation included, after 2 warm-up iterations, in a scratch folder (the model's own is not
+    touched). Training seconds over all sittings mix in whatever else ran; this figure compares designs."""
+    import tempfile
+
+    import torch
+    record = os.path.join(model_folder(method), "fold_all", SPEED_RECORD)
+    if os.path.isfile(record) or not args.time_training:
+        return
+    preprocessed = os.path.join(os.environ["nnUNet_preprocessed"], method.dataset)
+    with open(os.path.join(preprocessed, f"{method.plans}.json")) as handle:
+        plans = json.load(handle)
+    with open(os.path.join(preprocessed, "dataset.json")) as handle:
+        dataset_json = json.load(handle)
+    torch.manual_seed(args.seed)
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = trainer_class_named(method.trainer)({**plans, "continue_training": False}, "3d_fullres", "all",
+                                                      dataset_json, torch.device(args.device))
+        trainer.output_folder = trainer.output_folder_base = scratch
+        trainer.log_file = os.path.join(scratch, "training_log.txt")
+        trainer.num_epochs = 1
+        trainer.on_train_start()
+        trainer.on_epoch_start()
+        trainer.on_train_epoch_start()
+        for _ in range(2):  # warm-up
+            trainer.train_step(next(trainer.dataloader_train))
+        started = time.perf_counter()
+        for _ in range(args.time_training):
+            trainer.train_step(next(trainer.dataloader_train))
+        seconds = (time.perf_counter() - started) / args.time_training
+        del trainer
+    log(f"{method.name}: {seconds:.2f} s per training iteration ({args.time_training} timed)")
+    write_json_atomically(record, {"seconds_per_iteration": seconds, "iterations": args.time_training,
+                                   "device": args.device, "cpu_cores": os.cpu_count()})
+
+
+def read_json(path: str) -> dict | None:
+    """The JSON file at ``path``, None when there is none."""
     if not os.path.isfile(path):
         return None
     with open(path) as handle:
         return json.load(handle)
 
 
-def predict(method: Method, output: str, args) -> None:
+def train_record(method: Model) -> dict | None:
+    """The training seconds a model took over all its sittings (None when not recorded)."""
+    return read_json(os.path.join(model_folder(method), "fold_all", TRAIN_RECORD))
+
+
+def predict(method: Model, output: str, args) -> None:
     """Predict the test images; the marker records the seconds (super-resolution included for guided models)."""
     marker = os.path.join(output, "benchmark_predict_complete.json")  # a killed run may leave truncated files
     if os.path.isfile(marker):
@@ -244,8 +342,8 @@ def predict(method: Method, output: str, args) -> None:
     if method.entry == "nnUNetv2_predict":
         command.append("--disable_tta")  # stock baselines without mirroring, as REHRSeg (trained without it)
     started = time.perf_counter()
-    run(command, {"nnUNet_extTrainer": EXT_TRAINER_FOLDER})
-    write_json_atomically(marker, {"seconds": time.perf_counter() - started})
+    peak = run(command, {"nnUNet_extTrainer": EXT_TRAINER_FOLDER})
+    write_json_atomically(marker, {"seconds": time.perf_counter() - started, "peak_rss_bytes": peak})
 
 
 # --- scoring ----------------------------------------------------------------------------------------------
@@ -295,83 +393,86 @@ def summarise(per_case: dict[str, dict]) -> dict:
     return out
 
 
-def scored_predictions(name: str, output: str, cases: list[str]) -> dict[str, tuple[sitk.Image, sitk.Image | None]]:
+def scored_predictions(key: str, output: str, cases: list[str]) -> dict[str, tuple[sitk.Image, sitk.Image | None]]:
     """(HR prediction, LR prediction or None) per case of a method's prediction folder."""
     result = {}
     for case in cases:
         segmentation = sitk.ReadImage(os.path.join(output, f"{case}.nii.gz"))
-        if name == "nnunet_lr_upsampled_nearest":
+        if METHODS[key].to_hr == "nearest":
             result[case] = (sitk.Resample(segmentation, hr_reference(segmentation), sitk.Transform(),
                                           sitk.sitkNearestNeighbor, 0), segmentation)
-        elif name == "nnunet_lr_upsampled_sdf":
+        elif METHODS[key].to_hr == "shape_based":
             result[case] = (shape_based_label(segmentation), segmentation)
         else:
             result[case] = (segmentation, None)
     return result
 
 
-# --- splits and methods -----------------------------------------------------------------------------------
+# --- splits and models ------------------------------------------------------------------------------------
 def splits(args) -> list[tuple[str, list[str], list[str]]]:
-    """(name, training cases, test cases) of each split: the fixed one, or the folds of --folds K."""
+    """(name, training cases, test cases) of each split: the fixed one, the folds of --leave-one-out or of --folds K."""
+    cases = sorted(set(args.train_cases) | set(args.test_cases))
+    if args.leave_one_out:
+        unknown = [c for c in args.leave_one_out if c not in cases]
+        if unknown:
+            sys.exit(f"--leave-one-out {' '.join(unknown)}: not among --train-cases/--test-cases ({', '.join(cases)}).")
+        return [(f"test_{case}", [c for c in cases if c != case], [case]) for case in args.leave_one_out]
     if not args.folds:
         return [("fixed", args.train_cases, args.test_cases)]
-    cases = sorted(set(args.train_cases) | set(args.test_cases))
     if not 2 <= args.folds <= len(cases):
         sys.exit(f"--folds {args.folds} needs between 2 and {len(cases)} folds for {len(cases)} cases.")
     folds = [cases[k::args.folds] for k in range(args.folds)]
     return [(f"fold{k}", [c for c in cases if c not in test], test) for k, test in enumerate(folds)]
 
 
-#: REHRSeg and its ablations (result key -> trainer), each fine-tuned from the same LR nnU-Net checkpoint
-REHRSEG_METHODS = {
-    "rehrseg": "REHRSegTrainer",  # the default design of -tr REHRSegTrainer
-    # the paper's network and the two designs of the SR-guided HR branch (DESIGN.md, "HR guidance")
-    "rehrseg_paper": "REHRSegTrainer_paper", "rehrseg_hrStem": "REHRSegTrainer_hrStem",
-    "rehrseg_hrLevel": "REHRSegTrainer_hrLevel",
-    "rehrseg_noUASR": "REHRSegTrainer_noUASR",
-    "rehrseg_noDistill": "REHRSegTrainer_noDistill", "rehrseg_noHRHead": "REHRSegTrainer_noHRHead",
-    # issue 14's per-class questions: a Dice term in the LR loss, mirroring, all patches on foreground
-    "rehrseg_lrDice": "REHRSegTrainer_lrDice", "rehrseg_mirror": "REHRSegTrainer_mirror",
-    "rehrseg_fgOversample": "REHRSegTrainer_fgOversample",
-    "rehrseg_lrCentre": "REHRSegTrainer_lrCentre",  # LR target: the centre slice of each group, not the majority
-    "rehrseg_fineTuneLr1en2": "REHRSegTrainer_fineTuneLr1en2",  # fine-tuning at nnU-Net's lr 1e-2, not 1e-3
-}
+SPLIT_RECORD = "benchmark_split.json"
+FIXED_SPLIT = (["pat0001", "pat0002", "pat0003"], ["pat0004"])  # the split of the ``fixed`` folders so far
 
 
-def methods_of_split(raw: str, pseudohr: str, args) -> list[Method]:
-    total, lr_only, tune = args.lr_epochs + args.finetune_epochs, args.lr_epochs, args.finetune_epochs
-    inputs = {key: os.path.join(raw, dataset_name(key), "imagesTs") for key in DATASETS}
-    init = Method("nnunet_lr_init", dataset_name("lr"), "nnUNetTrainer", INIT_PLANS, lr_only, "nnUNetv2_predict",
-                  inputs["lr"])
-    checkpoint = os.path.join(model_folder(init), "fold_all", "checkpoint_final.pth")
-    pseudohr_inputs = os.path.join(raw, pseudohr, "imagesTs")
-    # cheapest first, so that a run cut short has REHRSeg and the LR baseline scored before the HR-grid baselines
-    return [init,
-            Method("nnunet_lr", dataset_name("lr"), "nnUNetTrainer", BENCH_PLANS, total, "nnUNetv2_predict",
-                   inputs["lr"])] + [
-        Method(name, pseudohr, trainer, "REHRSegPlans", tune, "rehrseg_predict", inputs["lr"], checkpoint)
-        for name, trainer in REHRSEG_METHODS.items()] + [
-        Method("interp_nnunet", dataset_name("interp"), "nnUNetTrainer", BENCH_PLANS, total, "nnUNetv2_predict",
-               inputs["interp"]),
-        Method("sr_nnunet", pseudohr, "nnUNetTrainer", BENCH_PLANS, total, "nnUNetv2_predict", pseudohr_inputs),
-        Method("oracle_hr", dataset_name("hr"), "nnUNetTrainer", BENCH_PLANS, total, "nnUNetv2_predict", inputs["hr"])]
+def split_work_folder(work_root: str, name: str, train_cases: list[str], test_cases: list[str]) -> str:
+    """The work folder of a split: a folder of the same cases under another name (``fixed``) is reused, so a
+    leave-one-out fold equal to the fixed split continues from its finished models."""
+    wanted = {"train": sorted(train_cases), "test": sorted(test_cases)}
+    folder = os.path.join(work_root, name)
+    if not os.path.isdir(folder) and os.path.isdir(work_root):
+        for other in sorted(os.listdir(work_root)):
+            record = os.path.join(work_root, other, SPLIT_RECORD)
+            if os.path.isfile(record):
+                with open(record) as handle:
+                    same = json.load(handle) == wanted
+            else:  # folders from before the record: only ``fixed``, always the default split
+                same = other == "fixed" and (wanted["train"], wanted["test"]) == FIXED_SPLIT
+            if same:
+                log(f"split {name}: reusing {other}/ (the same training and test cases)")
+                folder = os.path.join(work_root, other)
+                break
+    os.makedirs(folder, exist_ok=True)
+    write_json_atomically(os.path.join(folder, SPLIT_RECORD), wanted)
+    return folder
 
 
-SCORED = {  # result key -> the method whose predictions it scores
-    "nnunet_lr_upsampled_nearest": "nnunet_lr", "nnunet_lr_upsampled_sdf": "nnunet_lr",
-    "interp_nnunet": "interp_nnunet", "sr_nnunet": "sr_nnunet", "oracle_hr": "oracle_hr",
-    **{name: name for name in REHRSEG_METHODS}}
-
-
-def methods_needed(keys: list[str]) -> set[str]:
-    """The methods to train for the result ``keys``: their own, plus the LR nnU-Net that REHRSeg starts from."""
-    needed = {SCORED[key] for key in keys}
-    return needed | ({"nnunet_lr_init"} if needed & set(REHRSEG_METHODS) else set())
+def models_of_split(raw: str, pseudohr: str, args) -> dict[str, Model]:
+    """Every model of a split (name -> concrete model), in training order."""
+    epochs = {"full": args.lr_epochs + args.finetune_epochs, "lr_init": args.lr_epochs,
+              "fine_tune": args.finetune_epochs}
+    datasets = {**{key: dataset_name(key) for key in DATASETS}, "pseudohr": pseudohr}
+    init_key, init = method_of_model(LR_INIT)
+    init_folder = model_folder(Model(LR_INIT, datasets[init.dataset], init.trainer, init.plans, 0, "", ""))
+    checkpoint = os.path.join(init_folder, "fold_all", "checkpoint_final.pth")
+    models = {}
+    for key, method in METHODS.items():
+        name = method.model_name(key)
+        if name not in models:
+            models[name] = Model(name, datasets[method.dataset], method.trainer, method.plans,
+                                 epochs[method.schedule], method.predictor,
+                                 os.path.join(raw, datasets[method.inputs], "imagesTs"),
+                                 checkpoint if method.schedule == "fine_tune" else None)
+    return models
 
 
 def run_split(name: str, train_cases: list[str], test_cases: list[str], data: str, args) -> dict:
     """Everything for one split; returns per result key: per-case scores, seconds and provenance."""
-    work = os.path.join(os.path.abspath(args.work), name)
+    work = split_work_folder(os.path.abspath(args.work), name, train_cases, test_cases)
     env = {"nnUNet_raw": os.path.join(work, "nnUNet_raw"),
            "nnUNet_preprocessed": os.path.join(work, "nnUNet_preprocessed"),
            "nnUNet_results": os.path.join(work, "nnUNet_results"), "nnUNet_def_n_proc": "1", "nnUNet_compile": "0"}
@@ -380,19 +481,19 @@ def run_split(name: str, train_cases: list[str], test_cases: list[str], data: st
     log(f"split {name}: train {', '.join(train_cases)}; test {', '.join(test_cases)}")
     if args.score_only:
         pseudohr = next(d for d in os.listdir(env["nnUNet_raw"]) if d.startswith(f"Dataset{PSEUDOHR_ID}_"))
-        return score_split(work, methods_of_split(env["nnUNet_raw"], pseudohr, args), {}, test_cases, references, args)
+        return score_split(work, models_of_split(env["nnUNet_raw"], pseudohr, args), {}, test_cases, references, args)
     make_datasets(data, env["nnUNet_raw"], references, train_cases, test_cases)
-    model = os.path.join(work, "sr_model")
-    if not os.path.isfile(os.path.join(model, "stage_1c", "checkpoint_final.pth")):
-        command = [script("rehrseg_train_sr"), "-d", str(DATASETS["lr"][0]), "-o", model, "-device", args.device,
+    sr_model = os.path.join(work, "sr_model")
+    if not os.path.isfile(os.path.join(sr_model, "stage_1c", "checkpoint_final.pth")):
+        command = [script("rehrseg_train_sr"), "-d", str(DATASETS["lr"][0]), "-o", sr_model, "-device", args.device,
                    "--steps", *map(str, args.sr_steps), "--seed", str(args.seed)]
-        run(command + (["--continue"] if os.path.isfile(os.path.join(model, "config.json")) else []))
-    run([script("rehrseg_make_pseudohr"), "-d", str(DATASETS["lr"][0]), "-o", str(PSEUDOHR_ID), "-m", model,
+        run(command + (["--continue"] if os.path.isfile(os.path.join(sr_model, "config.json")) else []))
+    run([script("rehrseg_make_pseudohr"), "-d", str(DATASETS["lr"][0]), "-o", str(PSEUDOHR_ID), "-m", sr_model,
          "-device", args.device])
     pseudohr = next(d for d in os.listdir(env["nnUNet_raw"]) if d.startswith(f"Dataset{PSEUDOHR_ID}_"))
-    methods = {m.name: m for m in methods_of_split(env["nnUNet_raw"], pseudohr, args)}
-    needed = methods_needed(args.methods)
-    stock = sorted({methods[name].dataset for name in needed})  # only the datasets the asked methods train on
+    models = models_of_split(env["nnUNet_raw"], pseudohr, args)
+    needed = models_needed(args.methods)
+    stock = sorted({models[name].dataset for name in needed})  # only the datasets the asked methods train on
     missing = [d for d in stock
                if not os.path.isdir(os.path.join(env["nnUNet_preprocessed"], d, "nnUNetPlans_3d_fullres"))]
     if missing:
@@ -407,44 +508,53 @@ def run_split(name: str, train_cases: list[str], test_cases: list[str], data: st
         os.environ.setdefault("nnUNet_n_proc_DA", "0")  # 2 CPU cores: augmentation workers only compete
 
     seconds: dict[str, float | None] = {}
-    for method in (m for m in methods.values() if m.name in needed):
-        if method.initialised_from and not os.path.isfile(os.path.join(env["nnUNet_preprocessed"], pseudohr,
-                                                                       "REHRSegPlans.json")):
-            lr_plans = os.path.join(model_folder(methods["nnunet_lr_init"]), "plans.json")
+    for model in (models[name] for name in needed):
+        if model.initialised_from and not os.path.isfile(os.path.join(env["nnUNet_preprocessed"], pseudohr,
+                                                                      "REHRSegPlans.json")):
+            lr_plans = os.path.join(model_folder(models[LR_INIT]), "plans.json")
             run([script("rehrseg_plan"), "-d", str(PSEUDOHR_ID), "--lr_plans", lr_plans, "-np", "1"])
-        seconds[method.name] = train(method, args)
-        if method.name != "nnunet_lr_init":
-            predict(method, os.path.join(work, "predictions", method.name), args)
-    return score_split(work, list(methods.values()), seconds, test_cases, references, args)
+        seconds[model.name] = train(model, args)
+        time_training(model, args)
+        if model.name != LR_INIT:
+            predict(model, os.path.join(work, "predictions", model.name), args)
+    return score_split(work, models, seconds, test_cases, references, args)
 
 
-def score_split(work: str, methods: list[Method], seconds: dict, test_cases: list[str], references: str,
+def megabytes(size: int | None) -> float | None:
+    return round(size / 2 ** 20, 1) if size else None
+
+
+def score_split(work: str, models: dict[str, Model], seconds: dict, test_cases: list[str], references: str,
                 args) -> dict:
     """Scores of every result key whose predictions are complete (a run cut short scores what it has)."""
-    methods = {m.name: m for m in methods}
     results = {}
-    for key, method_name in ((k, m) for k, m in SCORED.items() if k in args.methods):
-        method = methods[method_name]
-        output = os.path.join(work, "predictions", method_name)
+    for key in (k for k in SCORED_KEYS if k in args.methods):
+        method: Method = METHODS[key]
+        model = models[method.model_name(key)]
+        output = os.path.join(work, "predictions", model.name)
         if not os.path.isfile(os.path.join(output, "benchmark_predict_complete.json")):
             log(f"{key}: no complete prediction yet, not scored")
             continue
         predictions = scored_predictions(key, output, test_cases)
         per_case = {case: score_case(hr, lr, case, references) for case, (hr, lr) in predictions.items()}
         with open(os.path.join(output, "benchmark_predict_complete.json")) as handle:
-            predict_seconds = json.load(handle)["seconds"]
-        record = train_record(method)
-        trained = record["seconds"] if record else None
-        results[key] = {"per_case": per_case, "train_seconds": seconds.get(method_name), "trainer": method.trainer,
+            predicted = json.load(handle)
+        record = train_record(model) or {}
+        trained = record.get("seconds")
+        speed = read_json(os.path.join(model_folder(model), "fold_all", SPEED_RECORD)) or {}
+        results[key] = {"per_case": per_case, "train_seconds": seconds.get(model.name), "trainer": model.trainer,
                         "train_seconds_all_sittings": trained,
-                        "train_seconds_per_iteration": trained / (method.epochs * args.iterations) if trained else None,
-                        "predict_seconds_per_volume": predict_seconds / len(test_cases),
-                        "plans": method.plans, "dataset": method.dataset, "epochs": method.epochs,
-                        "total_iterations": (method.epochs + (args.lr_epochs if method.initialised_from else 0))
+                        "train_seconds_per_iteration": trained / (model.epochs * args.iterations) if trained else None,
+                        "train_seconds_per_iteration_alone": speed.get("seconds_per_iteration"),
+                        "predict_seconds_per_volume": predicted["seconds"] / len(test_cases),
+                        "train_peak_rss_mb": megabytes(record.get("peak_rss_bytes")),
+                        "predict_peak_rss_mb": megabytes(predicted.get("peak_rss_bytes")),
+                        "plans": model.plans, "dataset": model.dataset, "epochs": model.epochs,
+                        "total_iterations": (model.epochs + (args.lr_epochs if model.initialised_from else 0))
                         * args.iterations}
-        if method.initialised_from:
-            results[key]["initialised_from"] = os.path.relpath(method.initialised_from, work)
-            results[key]["fine_tuning_iterations"] = method.epochs * args.iterations
+        if model.initialised_from:
+            results[key]["initialised_from"] = os.path.relpath(model.initialised_from, work)
+            results[key]["fine_tuning_iterations"] = model.epochs * args.iterations
     return results
 
 
@@ -459,9 +569,10 @@ def save_figure(path: str, data: str, args) -> None:
     lr_image = sitk.ReadImage(os.path.join(work, "nnUNet_raw", dataset_name("lr"), "imagesTs", f"{case}_0000.nii.gz"))
     panels = [Panel("LR input (4 mm)", lr_image)]
     for key in ("nnunet_lr_upsampled_sdf", "interp_nnunet", "sr_nnunet", "rehrseg", "oracle_hr"):
-        if not os.path.isfile(os.path.join(predictions, SCORED[key], "benchmark_predict_complete.json")):
+        output = os.path.join(predictions, METHODS[key].model_name(key))
+        if not os.path.isfile(os.path.join(output, "benchmark_predict_complete.json")):
             continue
-        hr, _ = scored_predictions(key, os.path.join(predictions, SCORED[key]), [case])[case]
+        hr, _ = scored_predictions(key, output, [case])[case]
         panels.append(Panel(key, truth_image, hr))
     panels.append(Panel("1 mm truth", truth_image, truth_label))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -477,6 +588,10 @@ def print_table(methods: dict) -> None:
         print(f"{key:29s}{cells}{row['per_class_mean_hr_dice']:11.4f}{row['hr']['whole_tumour']['hd95']['mean']:9.2f}")
 
 
+COST_KEYS = ("train_seconds_per_iteration", "train_seconds_per_iteration_alone", "predict_seconds_per_volume",
+             "train_peak_rss_mb", "predict_peak_rss_mb")
+
+
 # --- main -------------------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -485,6 +600,8 @@ def main() -> None:
     parser.add_argument("--train-cases", nargs="+", default=["pat0001", "pat0002", "pat0003"])
     parser.add_argument("--test-cases", nargs="+", default=["pat0004"])
     parser.add_argument("--folds", type=int, default=0, help="K-fold cross-validation over train + test cases")
+    parser.add_argument("--leave-one-out", nargs="+", metavar="CASE", default=[],
+                        help="hold out each CASE in turn, training on the other cases of --train-cases/--test-cases")
     parser.add_argument("--work", default=os.path.join(HERE, "work", "brats_4x"))
     parser.add_argument("--device", default="cpu", help="cpu or cuda (augmentation workers: nnUNet_n_proc_DA)")
     parser.add_argument("--lr-epochs", type=int, default=24, help="E1: epochs of the LR nnU-Net REHRSeg starts from")
@@ -497,11 +614,14 @@ def main() -> None:
     parser.add_argument("--max-features", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--methods", nargs="+", choices=list(SCORED), default=list(SCORED), metavar="KEY",
+    parser.add_argument("--methods", nargs="+", choices=SCORED_KEYS, default=SCORED_KEYS, metavar="KEY",
                         help="result keys to train, predict and score (default: all of "
-                             f"{', '.join(SCORED)}); a REHRSeg key also trains the LR nnU-Net it starts from")
+                             f"{', '.join(SCORED_KEYS)}); a REHRSeg key also trains the LR nnU-Net it starts from")
     parser.add_argument("--output", default=os.path.join(HERE, "results", "brats_4x.json"))
     parser.add_argument("--figure", default=os.path.join(HERE, "..", "docs", "brats_4x.png"))
+    parser.add_argument("--time-training", type=int, default=0, metavar="N",
+                        help="also time N training iterations of each model alone (2 warm-up; a model's record "
+                             "is kept, so a re-run times only new models; 0: off)")
     parser.add_argument("--score-only", action="store_true",
                         help="train and predict nothing: score the methods whose predictions are complete")
     args = parser.parse_args()
@@ -521,6 +641,11 @@ def main() -> None:
             entry.setdefault("per_case", {}).update({f"{name}/{c}": s for c, s in result["per_case"].items()})
             entry.setdefault("train_seconds_per_split", {})[name] = result["train_seconds"]
             entry.pop("train_seconds", None)
+            entry.setdefault("costs_per_split", {})[name] = {k: result[k] for k in COST_KEYS}
+    for entry in pooled.values():  # costs over splits: mean seconds, largest peak memory
+        for cost in COST_KEYS:
+            values = [c[cost] for c in entry["costs_per_split"].values() if c[cost] is not None]
+            entry[cost] = (max(values) if cost.endswith("_mb") else float(np.mean(values))) if values else None
     methods = {key: {**summarise(entry["per_case"]), **{k: v for k, v in entry.items() if k != "per_case"}}
                for key, entry in pooled.items()}
     complete = {key for key, entry in methods.items() if len(entry["per_case"]) == sum(len(s[2]) for s in splits(args))}
@@ -528,6 +653,8 @@ def main() -> None:
 
     import torch
     results = {
+        "test_cases": sorted({case for _, _, test in splits(args) for case in test}),
+        "recommended": recommended_key(),  # the REHRSeg variant that -tr REHRSegTrainer trains
         "methods": methods,
         "pending": pending,  # result keys not yet scored on every test case: re-run to resume
         "methods_asked": args.methods,

@@ -14,9 +14,12 @@ label of each thick slice's middle HR slice, by nearest-neighbour resampling), a
 thick-slice label (Dice). These are the training cases: the figure shows the recipe runs and fits,
 not how it generalises.
 
-    python benchmarks/cpu_recipe.py --data ../shared/data/thick_slice_real
+    python benchmarks/cpu_recipe.py --data ../shared/data/thick_slice_real --repeats 2
 
-Writes benchmarks/results/cpu_recipe.json. Re-running resumes: finished steps are skipped.
+``--repeats N`` runs the whole recipe N times from scratch (``--work``/run<i>) and reports each step's time in
+every run and its spread (min, median, max). Writes benchmarks/results/cpu_recipe.json. Re-running resumes: a
+finished run is read back, and in an unfinished one the finished steps are skipped (their times are then
+missing from that run, which says so in ``all_steps_ran_in_this_run``).
 """
 
 from __future__ import annotations
@@ -83,22 +86,17 @@ def agreement_with_thick_slice_labels(raw_folder: str, predictions: str, cases: 
     return scores
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "data", "thick_slice_real"))
-    parser.add_argument("--work", default=os.path.join(HERE, "work", "cpu_recipe"))
-    parser.add_argument("--output", default=os.path.join(HERE, "results", "cpu_recipe.json"))
-    args = parser.parse_args()
-    if not os.path.isdir(args.data):
-        sys.exit(f"{args.data} does not exist; "
-                 f"pass --data with the thick_slice_real folder (../shared/data/thick_slice_real).")
-    work = os.path.abspath(args.work)
+STEPS = ("train_sr", "make_pseudohr", "plan_and_preprocess", "rehrseg_plan", "train", "predict")
+
+
+def run_recipe(data: str, work: str) -> dict:
+    """The recipe once, in ``work``; returns its step times and agreement scores."""
     env = {name: os.path.join(work, name) for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
     env.update(nnUNet_def_n_proc="1", nnUNet_compile="0", nnUNet_extTrainer=EXT_TRAINER_FOLDER)
     os.environ.update(env)
     times: dict[str, float] = {}
     started = time.perf_counter()
-    raw_folder, cases = write_raw_dataset(args.data, env["nnUNet_raw"])
+    raw_folder, cases = write_raw_dataset(data, env["nnUNet_raw"])
     model = os.path.join(env["nnUNet_results"], f"Dataset{SOURCE_ID}_BrainThick", "rehrseg_sr")
     if not os.path.isfile(os.path.join(model, "stage_1c", "checkpoint_final.pth")):
         resume = ["--continue"] if os.path.isfile(os.path.join(model, "config.json")) else []
@@ -121,18 +119,50 @@ def main() -> None:
                              "-d", str(TARGET_ID), "-tr", TRAINER, "-f", "all", "-device", "cpu", "-npp", "1",
                              "-nps", "1"])
     scores = agreement_with_thick_slice_labels(raw_folder, predictions, cases)
+    return {"seconds_total_this_run": round(time.perf_counter() - started, 1), "seconds_by_step": times,
+            "all_steps_ran_in_this_run": set(times) == set(STEPS), "cases": cases,
+            "dice_hr_back_on_thick_slice_grid": scores,
+            "mean_dice": float(np.mean([s["dice"] for s in scores.values()]))}
+
+
+def spread(values: list[float]) -> dict:
+    return {"min": min(values), "median": float(np.median(values)), "max": max(values), "runs": len(values)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "data", "thick_slice_real"))
+    parser.add_argument("--work", default=os.path.join(HERE, "work", "cpu_recipe"))
+    parser.add_argument("--repeats", type=int, default=1, help="run the recipe this many times, each from scratch")
+    parser.add_argument("--output", default=os.path.join(HERE, "results", "cpu_recipe.json"))
+    args = parser.parse_args()
+    if not os.path.isdir(args.data):
+        sys.exit(f"{args.data} does not exist; "
+                 f"pass --data with the thick_slice_real folder (../shared/data/thick_slice_real).")
+    runs = []
+    for index in range(args.repeats):
+        work = os.path.join(os.path.abspath(args.work), f"run{index}")
+        record = os.path.join(work, "recipe_result.json")
+        if os.path.isfile(record):
+            with open(record) as handle:
+                runs.append(json.load(handle))
+            continue
+        print(f"--- recipe run {index + 1} of {args.repeats} in {work}", flush=True)
+        runs.append(run_recipe(os.path.abspath(args.data), work))
+        write_json_atomically(record, runs[-1])
+    complete = [run for run in runs if run["all_steps_ran_in_this_run"]]
     results = {
         "command": "python benchmarks/cpu_recipe.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        "seconds_total_this_run": round(time.perf_counter() - started, 1), "seconds_by_step": times,
-        "all_steps_ran_in_this_run": set(times) == {"train_sr", "make_pseudohr", "plan_and_preprocess",
-                                                    "rehrseg_plan", "train", "predict"},
-        "sr_steps": SR_STEPS, "trainer": TRAINER, "cases": cases,
-        "dice_hr_back_on_thick_slice_grid": scores,
-        "mean_dice": float(np.mean([s["dice"] for s in scores.values()])),
+        "sr_steps": SR_STEPS, "trainer": TRAINER, "cpu_cores": os.cpu_count(),
+        "seconds_by_step_spread": {step: spread([run["seconds_by_step"][step] for run in complete])
+                                   for step in STEPS} if complete else None,
+        "seconds_total_spread": spread([run["seconds_total_this_run"] for run in complete]) if complete else None,
+        "mean_dice_spread": spread([run["mean_dice"] for run in runs]),
+        "runs": runs,
     }
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     write_json_atomically(args.output, results)
-    print(json.dumps(results, indent=2))
+    print(json.dumps({k: v for k, v in results.items() if k != "runs"}, indent=2))
 
 
 if __name__ == "__main__":

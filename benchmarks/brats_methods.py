@@ -1,0 +1,116 @@
+"""The methods that benchmarks/brats_4x.py compares: how each one trains, predicts and reaches the HR grid.
+
+The runner (brats_4x.py) owns splits, resuming, timing and scoring; this module only says what a method is.
+A new method is one entry of :data:`METHODS` (a new REHRSeg variant: one line of :data:`REHRSEG_TRAINERS`).
+
+Schedules, with E1 = ``--lr-epochs`` and E2 = ``--finetune-epochs`` (METHOD.md: REHRSeg is fine-tuned from
+the converged LR nnU-Net, so every method spends E1 + E2 epochs in all):
+- ``full``: E1 + E2 epochs from scratch;
+- ``lr_init``: E1 epochs (the LR nnU-Net that REHRSeg starts from; not scored itself);
+- ``fine_tune``: E2 epochs, initialised from the ``lr_init`` model's final checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: dataset key -> (nnU-Net dataset id, name); the pseudo-HR dataset is named by rehrseg_make_pseudohr
+DATASETS = {"lr": (911, "BratsLR4x"), "interp": (912, "BratsInterp4x"), "hr": (914, "BratsHR")}
+PSEUDOHR_ID = 913
+BENCH_PLANS = "BenchPlans"
+INIT_PLANS = "BenchPlansInit"  # the same plans under a second name: the E1-epoch LR model gets its own folder
+REHRSEG_PLANS = "REHRSegPlans"
+LR_INIT = "nnunet_lr_init"
+SCHEDULES = ("full", "lr_init", "fine_tune")
+
+
+@dataclass(frozen=True)
+class Method:
+    """How one result key is obtained.
+
+    Args:
+        trainer: the nnU-Net trainer class.
+        dataset: the key of the dataset it trains on (``lr``, ``interp``, ``hr`` or ``pseudohr``).
+        inputs: the key of the dataset whose ``imagesTs`` it predicts.
+        schedule: one of :data:`SCHEDULES`.
+        predictor: the prediction console script.
+        plans: the plans identifier it trains with.
+        to_hr: how its prediction reaches the 1 mm grid: None (predicted there), ``nearest`` or ``shape_based``
+            (an LR-grid prediction upsampled along the slice axis).
+        model: the name of the trained model whose predictions it scores, when several keys share one model
+            (None: a model of its own, named by the key).
+        scored: False for a model that only serves others (the LR initialisation).
+    """
+
+    trainer: str
+    dataset: str
+    inputs: str
+    schedule: str = "full"
+    predictor: str = "nnUNetv2_predict"
+    plans: str = BENCH_PLANS
+    to_hr: str | None = None
+    model: str | None = None
+    scored: bool = True
+
+    def model_name(self, key: str) -> str:
+        return self.model or key
+
+
+#: REHRSeg, its designs and its ablations (result key -> trainer), each fine-tuned from the same LR nnU-Net
+REHRSEG_TRAINERS = {
+    "rehrseg": "REHRSegTrainer",  # the default design of -tr REHRSegTrainer
+    # the paper's network and the two designs of the SR-guided HR branch (DESIGN.md, "HR guidance")
+    "rehrseg_paper": "REHRSegTrainer_paper", "rehrseg_hrStem": "REHRSegTrainer_hrStem",
+    "rehrseg_hrLevel": "REHRSegTrainer_hrLevel",
+    "rehrseg_noUASR": "REHRSegTrainer_noUASR",
+    "rehrseg_noDistill": "REHRSegTrainer_noDistill", "rehrseg_noHRHead": "REHRSegTrainer_noHRHead",
+    # issue 14's per-class questions: a Dice term in the LR loss, mirroring, all patches on foreground
+    "rehrseg_lrDice": "REHRSegTrainer_lrDice", "rehrseg_mirror": "REHRSegTrainer_mirror",
+    "rehrseg_fgOversample": "REHRSegTrainer_fgOversample",
+    "rehrseg_lrCentre": "REHRSegTrainer_lrCentre",  # LR target: the centre slice of each group, not the majority
+    "rehrseg_fineTuneLr1en2": "REHRSegTrainer_fineTuneLr1en2",  # fine-tuning at nnU-Net's lr 1e-2, not 1e-3
+}
+
+#: result key -> method; the order is the training order: cheapest first, so that a run cut short has REHRSeg and
+#: the LR baseline scored before the HR-grid baselines
+METHODS: dict[str, Method] = {
+    LR_INIT: Method("nnUNetTrainer", "lr", "lr", schedule="lr_init", plans=INIT_PLANS, scored=False),
+    "nnunet_lr_upsampled_nearest": Method("nnUNetTrainer", "lr", "lr", to_hr="nearest", model="nnunet_lr"),
+    "nnunet_lr_upsampled_sdf": Method("nnUNetTrainer", "lr", "lr", to_hr="shape_based", model="nnunet_lr"),
+    **{key: Method(trainer, "pseudohr", "lr", schedule="fine_tune", predictor="rehrseg_predict",
+                   plans=REHRSEG_PLANS) for key, trainer in REHRSEG_TRAINERS.items()},
+    "interp_nnunet": Method("nnUNetTrainer", "interp", "interp"),
+    # the test image super-resolved by the split's SR model (rehrseg_make_pseudohr writes it to imagesTs)
+    "sr_nnunet": Method("nnUNetTrainer", "pseudohr", "pseudohr"),
+    "oracle_hr": Method("nnUNetTrainer", "hr", "hr"),  # the true 1 mm images and labels: the ceiling
+}
+
+SCORED_KEYS = [key for key, method in METHODS.items() if method.scored]
+
+#: the key of the design ``-tr REHRSegTrainer`` trains, per value of REHRSegTrainer.hr_guidance
+DESIGN_KEYS = {"none": "rehrseg_paper", "stem": "rehrseg_hrStem", "level": "rehrseg_hrLevel"}
+
+
+def recommended_key() -> str:
+    """The result key of the REHRSeg variant that ``-tr REHRSegTrainer`` trains."""
+    from rehrseg_nnunet.training.trainer import REHRSegTrainer
+    return DESIGN_KEYS[REHRSegTrainer.hr_guidance]
+
+
+def models_needed(keys: list[str]) -> list[str]:
+    """The names of the models to train for the result ``keys`` (in training order): their own, plus the LR
+    nnU-Net that a fine-tuned method starts from."""
+    wanted = {METHODS[key].model_name(key) for key in keys}
+    if any(METHODS[key].schedule == "fine_tune" for key in keys):
+        wanted.add(LR_INIT)
+    ordered = []
+    for key, method in METHODS.items():
+        name = method.model_name(key)
+        if name in wanted and name not in ordered:
+            ordered.append(name)
+    return ordered
+
+
+def method_of_model(name: str) -> tuple[str, Method]:
+    """The first (key, method) that trains the model ``name``."""
+    return next((key, method) for key, method in METHODS.items() if method.model_name(key) == name)
