@@ -230,6 +230,16 @@ def model_folder(method: Model) -> str:
     return os.path.join(os.environ["nnUNet_results"], method.dataset, f"{method.trainer}__{method.plans}__3d_fullres")
 
 
+def new_trainer(method: Model, args):
+    """``method``'s trainer on its preprocessed dataset and plans, fold ``all``."""
+    import torch
+    preprocessed = os.path.join(os.environ["nnUNet_preprocessed"], method.dataset)
+    plans, dataset_json = (read_json(os.path.join(preprocessed, name)) for name in (f"{method.plans}.json",
+                                                                                    "dataset.json"))
+    return trainer_class_named(method.trainer)({**plans, "continue_training": False}, "3d_fullres", "all",
+                                               dataset_json, torch.device(args.device))
+
+
 def train(method: Model, args) -> float | None:
     """Train in this process for ``method.epochs`` x ``--iterations``; resumes from checkpoint_latest.pth.
     Returns the seconds this call trained (None when the model was already complete)."""
@@ -240,16 +250,10 @@ def train(method: Model, args) -> float | None:
     if os.path.isfile(os.path.join(folder, "fold_all", "checkpoint_final.pth")):
         log(f"{method.name}: already trained, skipped")
         return None
-    preprocessed = os.path.join(os.environ["nnUNet_preprocessed"], method.dataset)
-    with open(os.path.join(preprocessed, f"{method.plans}.json")) as handle:
-        plans = json.load(handle)
-    with open(os.path.join(preprocessed, "dataset.json")) as handle:
-        dataset_json = json.load(handle)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    trainer = trainer_class_named(method.trainer)({**plans, "continue_training": False}, "3d_fullres", "all",
-                                                  dataset_json, torch.device(args.device))
+    trainer = new_trainer(method, args)
     trainer.num_epochs = method.epochs
     trainer.num_iterations_per_epoch = args.iterations
     trainer.num_val_iterations_per_epoch = args.val_iterations
@@ -292,23 +296,14 @@ def time_training(method: Model, args) -> None:
     record = os.path.join(model_folder(method), "fold_all", SPEED_RECORD)
     if os.path.isfile(record) or not args.time_training:
         return
-    preprocessed = os.path.join(os.environ["nnUNet_preprocessed"], method.dataset)
-    with open(os.path.join(preprocessed, f"{method.plans}.json")) as handle:
-        plans = json.load(handle)
-    with open(os.path.join(preprocessed, "dataset.json")) as handle:
-        dataset_json = json.load(handle)
+    from trainer_speed import start_first_epoch
     torch.manual_seed(args.seed)
+    measured_alone = reset_peak_rss()
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = trainer_class_named(method.trainer)({**plans, "continue_training": False}, "3d_fullres", "all",
-                                                      dataset_json, torch.device(args.device))
+        trainer = new_trainer(method, args)
         trainer.output_folder = trainer.output_folder_base = scratch
         trainer.log_file = os.path.join(scratch, "training_log.txt")
-        trainer.num_epochs = 1
-        trainer.on_train_start()
-        trainer.on_epoch_start()
-        trainer.on_train_epoch_start()
-        for _ in range(2):  # warm-up
-            trainer.train_step(next(trainer.dataloader_train))
+        start_first_epoch(trainer)
         started = time.perf_counter()
         for _ in range(args.time_training):
             trainer.train_step(next(trainer.dataloader_train))
@@ -316,7 +311,8 @@ def time_training(method: Model, args) -> None:
         del trainer
     log(f"{method.name}: {seconds:.2f} s per training iteration ({args.time_training} timed)")
     write_json_atomically(record, {"seconds_per_iteration": seconds, "iterations": args.time_training,
-                                   "device": args.device, "cpu_cores": os.cpu_count()})
+                                   "device": args.device, "cpu_cores": os.cpu_count(),
+                                   "peak_rss_bytes": peak_rss() if measured_alone else None})
 
 
 def read_json(path: str) -> dict | None:
@@ -547,7 +543,8 @@ def score_split(work: str, models: dict[str, Model], seconds: dict, test_cases: 
                         "train_seconds_per_iteration": trained / (model.epochs * args.iterations) if trained else None,
                         "train_seconds_per_iteration_alone": speed.get("seconds_per_iteration"),
                         "predict_seconds_per_volume": predicted["seconds"] / len(test_cases),
-                        "train_peak_rss_mb": megabytes(record.get("peak_rss_bytes")),
+                        "train_peak_rss_mb": megabytes(max(record.get("peak_rss_bytes") or 0,
+                                                           speed.get("peak_rss_bytes") or 0)),
                         "predict_peak_rss_mb": megabytes(predicted.get("peak_rss_bytes")),
                         "plans": model.plans, "dataset": model.dataset, "epochs": model.epochs,
                         "total_iterations": (model.epochs + (args.lr_epochs if model.initialised_from else 0))

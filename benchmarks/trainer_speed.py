@@ -30,17 +30,22 @@ def script(name: str) -> str:
     return os.path.join(os.path.dirname(sys.executable), name)
 
 
-def started_trainer(trainer_class, plans, dataset_json, device):
-    """A trainer inside its first epoch, after 2 warm-up steps."""
-    import torch
-    trainer = trainer_class({**plans, "continue_training": False}, "3d_fullres", "all", dataset_json,
-                            torch.device(device))
+def start_first_epoch(trainer) -> None:
+    """Take a built trainer into its first epoch, after 2 warm-up steps."""
     trainer.num_epochs = 1
     trainer.on_train_start()
     trainer.on_epoch_start()
     trainer.on_train_epoch_start()
     for _ in range(2):  # warm-up
         trainer.train_step(next(trainer.dataloader_train))
+
+
+def started_trainer(trainer_class, plans, dataset_json, device):
+    """A trainer inside its first epoch, after 2 warm-up steps."""
+    import torch
+    trainer = trainer_class({**plans, "continue_training": False}, "3d_fullres", "all", dataset_json,
+                            torch.device(device))
+    start_first_epoch(trainer)
     return trainer
 
 
