@@ -589,6 +589,31 @@ COST_KEYS = ("train_seconds_per_iteration", "train_seconds_per_iteration_alone",
              "train_peak_rss_mb", "predict_peak_rss_mb")
 
 
+def markdown_table(methods: dict) -> str:
+    """The HR-grid table of docs/BENCHMARKS.md: Dice (HD95 mm) per class and region, mean ± std over test cases
+    where there are several, and the costs."""
+    def cell(row: dict, name: str) -> str:
+        if name not in row["hr"]:
+            return "–"
+        dice, hd95 = row["hr"][name]["dice"], row["hr"][name]["hd95"]
+        spread = f" ± {dice['std']:.3f}" if dice["cases"] > 1 else ""
+        return f"{dice['mean']:.3f}{spread} ({hd95['mean']:.1f})"
+
+    def number(value, digits: int) -> str:
+        return "–" if value is None else f"{value:.{digits}f}"
+
+    names = CLASSES + ["whole_tumour", "tumour_core"]
+    lines = ["| method | " + " | ".join(names) + " | class mean | train s/it alone | predict s/volume | peak RSS "
+             "train / predict (MB) |", "|---" * (len(names) + 5) + "|"]
+    for key, row in methods.items():
+        alone = number(row.get("train_seconds_per_iteration_alone"), 2)
+        lines.append(f"| {key} | " + " | ".join(cell(row, n) for n in names)
+                     + f" | {row['per_class_mean_hr_dice']:.3f} | {alone}"
+                     f" | {number(row.get('predict_seconds_per_volume'), 0)} | "
+                     f"{number(row.get('train_peak_rss_mb'), 0)} / {number(row.get('predict_peak_rss_mb'), 0)} |")
+    return "\n".join(lines)
+
+
 # --- main -------------------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -671,6 +696,7 @@ def main() -> None:
     write_json_atomically(args.output, results)
     save_figure(args.figure, data, args)
     print_table(methods)
+    print("\n" + markdown_table(methods))
     log(f"results: {args.output}; figure: {args.figure}; this run {results['seconds_this_run'] / 60:.1f} min")
 
 
