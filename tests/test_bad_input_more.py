@@ -15,7 +15,7 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import assert_ok, assert_one_line_error, run_script, tree_digest
+from conftest import assert_ok, assert_one_line_error, phantom_workspace, run_script, tree_digest
 from phantoms import write_thick_slice_dataset
 
 SHEAR = (1.0, 0.2, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
@@ -142,12 +142,9 @@ def test_anisotropic_in_plane_spacing_gives_r_from_the_mean_and_scale_factor_ove
 def pseudohr_planned(tmp_path_factory, trained_sr_model):
     """The session model's pseudo-HR dataset (r = 4), planned and preprocessed by stock nnU-Net."""
     root = tmp_path_factory.mktemp("plan_checks")
-    raw = root / "raw"
-    shutil.copytree(os.path.join(trained_sr_model["raw"], "Dataset502_Phantom"), raw / "Dataset502_Phantom")
-    env = {"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(root / "preprocessed"),
-           "nnUNet_results": str(root / "results"), "nnUNet_def_n_proc": "1"}
-    assert_ok(run_script("rehrseg_make_pseudohr", ["-d", "502", "-o", "646", "-m", trained_sr_model["model"],
-                                                   "-device", "cpu"], env))
+    workspace = phantom_workspace(root, trained_sr_model)
+    raw, env = workspace["raw"], workspace["env"]
+    assert_ok(run_script("rehrseg_make_pseudohr", ["-d", "502", "-o", "646", "-device", "cpu"], env))
     assert_ok(run_script("nnUNetv2_plan_and_preprocess", ["-d", "646", "-c", "3d_fullres", "-np", "1", "-npfp", "1"],
                          env))
     return {"env": env, "raw": raw / "Dataset646_PhantomPseudoHR",
