@@ -13,8 +13,8 @@ The method's protocol (METHOD.md): REHRSeg is fine-tuned from the converged LR n
 - ``nnunet_lr_upsampled_{nearest,sdf}``: stock nnU-Net on the LR data (E1 + E2), its LR segmentation
   brought to 1 mm by nearest neighbour or by shape-based interpolation (rehrseg_nnunet.shape_interpolation);
 - ``interp_nnunet``: images cubic-B-spline- and labels shape-based-upsampled to 1 mm, stock nnU-Net there;
-- ``sr_nnunet``: the pseudo-HR dataset (``rehrseg_make_pseudohr``) with the stock trainer, test image
-  super-resolved by the same SR model;
+- ``sr_nnunet``: the pseudo-HR dataset (``rehrseg_make_pseudohr``) with the stock trainer, the thick-slice test
+  image super-resolved by the same SR model (``rehrseg_super_resolve``, timed as part of its prediction);
 - ``rehrseg`` (``-tr REHRSegTrainer``), ``rehrseg_paper`` (the paper's network, ``REHRSegTrainer_paper``), the
   SR-guided designs ``rehrseg_hrStem`` / ``rehrseg_hrLevel`` (predicted from the test image super-resolved by
   the SR model the model carries) and the ablations ``rehrseg_noUASR``, ``rehrseg_noDistill``,
@@ -214,6 +214,7 @@ class Model:
     entry: str  # prediction console script
     inputs: str  # folder of test images
     initialised_from: str | None = None  # checkpoint to fine-tune from (REHRSeg)
+    sr_model: str | None = None  # SR model that super-resolves ``inputs`` before prediction ("SR + stock nnU-Net")
 
 
 def trainer_class_named(name: str):
@@ -329,17 +330,25 @@ def train_record(method: Model) -> dict | None:
 
 
 def predict(method: Model, output: str, args) -> None:
-    """Predict the test images; the marker records the seconds (super-resolution included for guided models)."""
+    """Predict the test images; the marker records the seconds, super-resolution included where the method uses
+    it (in rehrseg_predict for guided models; rehrseg_super_resolve before stock prediction for ``sr_model``)."""
     marker = os.path.join(output, "benchmark_predict_complete.json")  # a killed run may leave truncated files
     if os.path.isfile(marker):
         return
-    command = [script(method.entry), "-i", method.inputs, "-o", output, "-d", method.dataset, "-tr", method.trainer,
+    inputs, peak, super_resolve_seconds = method.inputs, 0, None
+    started = time.perf_counter()
+    if method.sr_model:
+        inputs = f"{output}_super_resolved"
+        peak = run([script("rehrseg_super_resolve"), "-i", method.inputs, "-o", inputs, "-m", method.sr_model,
+                    "-device", args.device, "--overwrite", "--disable_progress_bar"])
+        super_resolve_seconds = time.perf_counter() - started
+    command = [script(method.entry), "-i", inputs, "-o", output, "-d", method.dataset, "-tr", method.trainer,
                "-p", method.plans, "-device", args.device, *PREDICT_FLAGS]
     if method.entry == "nnUNetv2_predict":
         command.append("--disable_tta")  # stock baselines without mirroring, as REHRSeg (trained without it)
-    started = time.perf_counter()
-    peak = run(command, {"nnUNet_extTrainer": EXT_TRAINER_FOLDER})
-    write_json_atomically(marker, {"seconds": time.perf_counter() - started, "peak_rss_bytes": peak})
+    peak = max(peak, run(command, {"nnUNet_extTrainer": EXT_TRAINER_FOLDER}))
+    write_json_atomically(marker, {"seconds": time.perf_counter() - started, "peak_rss_bytes": peak,
+                                   "super_resolve_seconds": super_resolve_seconds})
 
 
 # --- scoring ----------------------------------------------------------------------------------------------
@@ -447,8 +456,8 @@ def split_work_folder(work_root: str, name: str, train_cases: list[str], test_ca
     return folder
 
 
-def models_of_split(raw: str, pseudohr: str, args) -> dict[str, Model]:
-    """Every model of a split (name -> concrete model), in training order."""
+def models_of_split(raw: str, pseudohr: str, sr_model: str, args) -> dict[str, Model]:
+    """Every model of a split (name -> concrete model), in training order; ``sr_model`` is the split's SR model."""
     epochs = {"full": args.lr_epochs + args.finetune_epochs, "lr_init": args.lr_epochs,
               "fine_tune": args.finetune_epochs}
     datasets = {**{key: dataset_name(key) for key in DATASETS}, "pseudohr": pseudohr}
@@ -462,7 +471,8 @@ def models_of_split(raw: str, pseudohr: str, args) -> dict[str, Model]:
             models[name] = Model(name, datasets[method.dataset], method.trainer, method.plans,
                                  epochs[method.schedule], method.predictor,
                                  os.path.join(raw, datasets[method.inputs], "imagesTs"),
-                                 checkpoint if method.schedule == "fine_tune" else None)
+                                 checkpoint if method.schedule == "fine_tune" else None,
+                                 sr_model if method.super_resolve else None)
     return models
 
 
@@ -475,11 +485,12 @@ def run_split(name: str, train_cases: list[str], test_cases: list[str], data: st
     os.environ.update(env)
     references = os.path.join(work, "references")
     log(f"split {name}: train {', '.join(train_cases)}; test {', '.join(test_cases)}")
+    sr_model = os.path.join(work, "sr_model")
     if args.score_only:
         pseudohr = next(d for d in os.listdir(env["nnUNet_raw"]) if d.startswith(f"Dataset{PSEUDOHR_ID}_"))
-        return score_split(work, models_of_split(env["nnUNet_raw"], pseudohr, args), {}, test_cases, references, args)
+        return score_split(work, models_of_split(env["nnUNet_raw"], pseudohr, sr_model, args), {}, test_cases,
+                           references, args)
     make_datasets(data, env["nnUNet_raw"], references, train_cases, test_cases)
-    sr_model = os.path.join(work, "sr_model")
     if not os.path.isfile(os.path.join(sr_model, "stage_1c", "checkpoint_final.pth")):
         command = [script("rehrseg_train_sr"), "-d", str(DATASETS["lr"][0]), "-o", sr_model, "-device", args.device,
                    "--steps", *map(str, args.sr_steps), "--seed", str(args.seed)]
@@ -487,7 +498,7 @@ def run_split(name: str, train_cases: list[str], test_cases: list[str], data: st
     run([script("rehrseg_make_pseudohr"), "-d", str(DATASETS["lr"][0]), "-o", str(PSEUDOHR_ID), "-m", sr_model,
          "-device", args.device])
     pseudohr = next(d for d in os.listdir(env["nnUNet_raw"]) if d.startswith(f"Dataset{PSEUDOHR_ID}_"))
-    models = models_of_split(env["nnUNet_raw"], pseudohr, args)
+    models = models_of_split(env["nnUNet_raw"], pseudohr, sr_model, args)
     needed = models_needed(args.methods)
     stock = sorted({models[name].dataset for name in needed})  # only the datasets the asked methods train on
     missing = [d for d in stock

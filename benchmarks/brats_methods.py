@@ -40,6 +40,9 @@ class Method:
         model: the name of the trained model whose predictions it scores, when several keys share one model
             (None: a model of its own, named by the key).
         scored: False for a model that only serves others (the LR initialisation).
+        super_resolve: its test images are the thick-slice ones, super-resolved by the split's SR model
+            (``rehrseg_super_resolve``) as the first step of its prediction, so that its prediction time includes
+            the super-resolution, as the guided REHRSeg designs' does.
     """
 
     trainer: str
@@ -51,6 +54,7 @@ class Method:
     to_hr: str | None = None
     model: str | None = None
     scored: bool = True
+    super_resolve: bool = False
 
     def model_name(self, key: str) -> str:
         return self.model or key
@@ -80,8 +84,8 @@ METHODS: dict[str, Method] = {
     **{key: Method(trainer, "pseudohr", "lr", schedule="fine_tune", predictor="rehrseg_predict",
                    plans=REHRSEG_PLANS) for key, trainer in REHRSEG_TRAINERS.items()},
     "interp_nnunet": Method("nnUNetTrainer", "interp", "interp"),
-    # the test image super-resolved by the split's SR model (rehrseg_make_pseudohr writes it to imagesTs)
-    "sr_nnunet": Method("nnUNetTrainer", "pseudohr", "pseudohr"),
+    # the thick-slice test image super-resolved by the split's SR model, then stock nnU-Net ("SR + stock nnU-Net")
+    "sr_nnunet": Method("nnUNetTrainer", "pseudohr", "lr", super_resolve=True),
     "oracle_hr": Method("nnUNetTrainer", "hr", "hr"),  # the true 1 mm images and labels: the ceiling
 }
 

@@ -7,6 +7,8 @@ The benchmarks themselves take hours and are not run here; these checks catch th
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +52,36 @@ def test_brats_4x_trains_only_what_the_asked_result_keys_need():
     assert models_needed(["oracle_hr", "nnunet_lr_upsampled_sdf"]) == ["nnunet_lr", "oracle_hr"]
     assert {METHODS[k].model_name(k) for k in ("nnunet_lr_upsampled_nearest", "nnunet_lr_upsampled_sdf")} == {
         "nnunet_lr"}
+
+
+def test_sr_nnunet_super_resolves_the_thick_slice_test_images_as_part_of_its_prediction(tmp_path, monkeypatch):
+    """The prediction time of "SR + stock nnU-Net" includes super-resolving the test image, as the guided REHRSeg
+    designs' does (issue 28's third bar compares them)."""
+    import argparse
+    brats_4x = load_brats_4x()
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    args = argparse.Namespace(lr_epochs=2, finetune_epochs=1)
+    models = brats_4x.models_of_split(str(tmp_path / "raw"), "Dataset913_PseudoHR", str(tmp_path / "sr_model"), args)
+    sr_nnunet, lr = models["sr_nnunet"], brats_4x.DATASETS["lr"]
+    assert sr_nnunet.sr_model == str(tmp_path / "sr_model") and sr_nnunet.dataset == "Dataset913_PseudoHR"
+    assert sr_nnunet.inputs == str(tmp_path / "raw" / f"Dataset{lr[0]}_{lr[1]}" / "imagesTs")
+    assert all(model.sr_model is None for name, model in models.items() if name != "sr_nnunet")
+    commands = []
+
+    def fake_run(command: list[str], env: dict | None = None) -> int:  # each script creates its -o folder
+        commands.append(command)
+        os.makedirs(command[command.index("-o") + 1], exist_ok=True)
+        return 1
+
+    monkeypatch.setattr(brats_4x, "run", fake_run)
+    output = tmp_path / "predictions" / "sr_nnunet"
+    brats_4x.predict(sr_nnunet, str(output), argparse.Namespace(device="cpu"))
+    assert [os.path.basename(c[0]) for c in commands] == ["rehrseg_super_resolve", "nnUNetv2_predict"]
+    super_resolved = commands[0][commands[0].index("-o") + 1]
+    assert commands[0][commands[0].index("-i") + 1] == sr_nnunet.inputs
+    assert commands[1][commands[1].index("-i") + 1] == super_resolved != sr_nnunet.inputs
+    marker = json.loads((output / "benchmark_predict_complete.json").read_text())
+    assert marker["seconds"] >= marker["super_resolve_seconds"] >= 0
 
 
 def test_recommended_key_is_the_design_that_rehrsegtrainer_trains():

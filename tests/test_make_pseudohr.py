@@ -68,6 +68,16 @@ def test_pseudohr_dataset_geometry_values_and_metadata(raw_copy):
     assert (target / "imagesTs" / "test000_0001.nii.gz").is_file() and \
         (target / "uncertaintyTs" / "test000.nii.gz").is_file()
     assert not (target / "labelsTs").exists()
+    # "SR + stock nnU-Net": rehrseg_super_resolve makes from a test image what rehrseg_make_pseudohr put in imagesTs
+    # (training cases differ by design: there the LR label joins the super-resolution)
+    super_resolved = raw_copy["raw"].parent / "super_resolved"
+    assert run_script("rehrseg_super_resolve", ["-i", str(raw_copy["source"] / "imagesTs"), "-o", str(super_resolved),
+                                                "-m", raw_copy["model"], "-device", "cpu"],
+                      raw_copy["env"]).returncode == 0
+    for channel in range(2):
+        name = f"test000_{channel:04d}.nii.gz"
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(super_resolved / name))),
+                                      sitk.GetArrayFromImage(sitk.ReadImage(str(target / "imagesTs" / name))))
     meta = json.loads((target / "dataset.json").read_text())
     assert meta["numTraining"] == 2 and meta["labels"] == {"background": 0, "shell": 1, "core": 2}
     block = meta["rehrseg"]
