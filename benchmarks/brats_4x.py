@@ -71,7 +71,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from brats_methods import (  # noqa: E402
     BENCH_PLANS,
     DATASETS,
+    ENSEMBLES,
     INIT_PLANS,
+    LABEL_FREE_ID,
+    LABEL_FREE_NAME,
     LR_INIT,
     METHODS,
     PSEUDOHR_ID,
@@ -215,6 +218,7 @@ class Model:
     inputs: str  # folder of test images
     initialised_from: str | None = None  # checkpoint to fine-tune from (REHRSeg)
     sr_model: str | None = None  # SR model that super-resolves ``inputs`` before prediction ("SR + stock nnU-Net")
+    save_probabilities: bool = False  # the prediction also writes HR class probabilities (an ensemble member)
 
 
 def trainer_class_named(name: str):
@@ -346,9 +350,51 @@ def predict(method: Model, output: str, args) -> None:
                "-p", method.plans, "-device", args.device, *PREDICT_FLAGS]
     if method.entry == "nnUNetv2_predict":
         command.append("--disable_tta")  # stock baselines without mirroring, as REHRSeg (trained without it)
+    if method.save_probabilities:
+        command.append("--save_probabilities")
     peak = max(peak, run(command, {"nnUNet_extTrainer": EXT_TRAINER_FOLDER}))
     write_json_atomically(marker, {"seconds": time.perf_counter() - started, "peak_rss_bytes": peak,
-                                   "super_resolve_seconds": super_resolve_seconds})
+                                   "super_resolve_seconds": super_resolve_seconds,
+                                   "saved_probabilities": method.save_probabilities})
+
+
+def predict_ensemble(key: str, predictions: str, cases: list[str]) -> None:
+    """Average the HR class probabilities of the ensemble's members (``--save_probabilities`` in their prediction
+    folders) and write the argmax on their HR grid; the marker's seconds are the members' prediction seconds plus
+    the averaging. Needs every member's prediction complete."""
+    output = os.path.join(predictions, key)
+    marker = os.path.join(output, "benchmark_predict_complete.json")
+    if os.path.isfile(marker):
+        return
+    members = [os.path.join(predictions, METHODS[member].model_name(member)) for member in ENSEMBLES[key]]
+    records = [read_json(os.path.join(folder, "benchmark_predict_complete.json")) for folder in members]
+    if not all(record and record.get("saved_probabilities") for record in records):
+        log(f"{key}: its members' probabilities are not all predicted yet, not ensembled")
+        return
+    log(f"{key}: averaging the HR probabilities of {', '.join(ENSEMBLES[key])}")
+    os.makedirs(output, exist_ok=True)
+    started = time.perf_counter()
+    for case in cases:
+        segmentations = [sitk.ReadImage(os.path.join(folder, f"{case}.nii.gz")) for folder in members]
+        for other, folder in zip(segmentations[1:], members[1:], strict=True):
+            if not Grid.from_image(other).matches(Grid.from_image(segmentations[0])):
+                raise RuntimeError(f"{folder}/{case}.nii.gz is not on the grid of {members[0]}/{case}.nii.gz.")
+        probabilities = [np.load(os.path.join(folder, f"{case}.npz"))["probabilities"].astype(np.float32)
+                         for folder in members]
+        if len({p.shape for p in probabilities}) != 1:
+            raise RuntimeError(f"{key}/{case}: the members' probabilities differ in shape "
+                               f"({', '.join(str(p.shape) for p in probabilities)}).")
+        mean = np.mean(probabilities, axis=0)
+        if mean.shape[1:] != sitk.GetArrayViewFromImage(segmentations[0]).shape:
+            raise RuntimeError(f"{key}/{case}: probabilities of shape {mean.shape} do not fit the segmentation "
+                               f"{members[0]}/{case}.nii.gz.")
+        ensembled = sitk.GetImageFromArray(np.argmax(mean, axis=0).astype(np.uint8))
+        ensembled.CopyInformation(segmentations[0])
+        sitk.WriteImage(ensembled, os.path.join(output, f"{case}.nii.gz"))
+    averaging = time.perf_counter() - started
+    write_json_atomically(marker, {"seconds": sum(r["seconds"] for r in records) + averaging,
+                                   "averaging_seconds": averaging, "members": list(ENSEMBLES[key]),
+                                   "peak_rss_bytes": max(r.get("peak_rss_bytes") or 0 for r in records) or None})
 
 
 # --- scoring ----------------------------------------------------------------------------------------------
@@ -460,7 +506,8 @@ def models_of_split(raw: str, pseudohr: str, sr_model: str, args) -> dict[str, M
     """Every model of a split (name -> concrete model), in training order; ``sr_model`` is the split's SR model."""
     epochs = {"full": args.lr_epochs + args.finetune_epochs, "lr_init": args.lr_epochs,
               "fine_tune": args.finetune_epochs}
-    datasets = {**{key: dataset_name(key) for key in DATASETS}, "pseudohr": pseudohr}
+    datasets = {**{key: dataset_name(key) for key in DATASETS}, "pseudohr": pseudohr,
+                "pseudohr_labelFree": LABEL_FREE_DATASET}
     init_key, init = method_of_model(LR_INIT)
     init_folder = model_folder(Model(LR_INIT, datasets[init.dataset], init.trainer, init.plans, 0, "", ""))
     checkpoint = os.path.join(init_folder, "fold_all", "checkpoint_final.pth")
@@ -472,8 +519,36 @@ def models_of_split(raw: str, pseudohr: str, sr_model: str, args) -> dict[str, M
                                  epochs[method.schedule], method.predictor,
                                  os.path.join(raw, datasets[method.inputs], "imagesTs"),
                                  checkpoint if method.schedule == "fine_tune" else None,
-                                 sr_model if method.super_resolve else None)
+                                 sr_model if method.super_resolve else None, method.save_probabilities)
     return models
+
+
+LABEL_FREE_DATASET = f"Dataset{LABEL_FREE_ID}_{LABEL_FREE_NAME}"
+
+
+def make_label_free_dataset(raw: str, pseudohr: str, sr_model: str, args) -> None:
+    """The pseudo-HR dataset with label-free training images: ``imagesTr`` super-resolved from the thick-slice
+    training images by ``rehrseg_super_resolve`` (no LR label as SR input, as at test time), ``labelsTr`` copied
+    from the pseudo-HR dataset; ``dataset.json`` is written last (it marks the dataset complete)."""
+    import shutil
+    target = os.path.join(raw, LABEL_FREE_DATASET)
+    if os.path.isfile(os.path.join(target, "dataset.json")):
+        return
+    source = os.path.join(raw, pseudohr)
+    run([script("rehrseg_super_resolve"), "-i", os.path.join(raw, dataset_name("lr"), "imagesTr"),
+         "-o", os.path.join(target, "imagesTr"), "-m", sr_model, "-device", args.device, "--disable_progress_bar"])
+    os.makedirs(os.path.join(target, "labelsTr"), exist_ok=True)
+    for name in sorted(os.listdir(os.path.join(source, "labelsTr"))):
+        label = os.path.join(source, "labelsTr", name)
+        image = os.path.join(target, "imagesTr", name.replace(".nii.gz", "_0000.nii.gz"))
+        if not Grid.from_image(sitk.ReadImage(image)).matches(Grid.from_image(sitk.ReadImage(label))):
+            raise RuntimeError(f"{image} is not on the grid of the pseudo-HR label {label}.")
+        shutil.copyfile(label, os.path.join(target, "labelsTr", name))
+    dataset = read_json(os.path.join(source, "dataset.json"))
+    write_json_atomically(os.path.join(target, "dataset.json"), {
+        **{k: dataset[k] for k in ("channel_names", "labels", "numTraining", "file_ending")},
+        "name": LABEL_FREE_NAME,
+        "description": f"{pseudohr} with imagesTr super-resolved without the LR label (benchmarks/brats_4x.py)"})
 
 
 def run_split(name: str, train_cases: list[str], test_cases: list[str], data: str, args) -> dict:
@@ -500,6 +575,8 @@ def run_split(name: str, train_cases: list[str], test_cases: list[str], data: st
     pseudohr = next(d for d in os.listdir(env["nnUNet_raw"]) if d.startswith(f"Dataset{PSEUDOHR_ID}_"))
     models = models_of_split(env["nnUNet_raw"], pseudohr, sr_model, args)
     needed = models_needed(args.methods)
+    if any(models[name].dataset == LABEL_FREE_DATASET for name in needed):
+        make_label_free_dataset(env["nnUNet_raw"], pseudohr, sr_model, args)
     stock = sorted({models[name].dataset for name in needed})  # only the datasets the asked methods train on
     missing = [d for d in stock
                if not os.path.isdir(os.path.join(env["nnUNet_preprocessed"], d, "nnUNetPlans_3d_fullres"))]
@@ -509,7 +586,8 @@ def run_split(name: str, train_cases: list[str], test_cases: list[str], data: st
     lr_patch = [args.patch_size[0] // SCALE_FACTOR, *args.patch_size[1:]]
     for plans_name in (BENCH_PLANS, INIT_PLANS):
         write_bench_plans(env["nnUNet_preprocessed"], dataset_name("lr"), lr_patch, args, plans_name)
-    for dataset in (d for d in (dataset_name("interp"), dataset_name("hr"), pseudohr) if d in stock):
+    for dataset in (d for d in (dataset_name("interp"), dataset_name("hr"), pseudohr, LABEL_FREE_DATASET)
+                    if d in stock):
         write_bench_plans(env["nnUNet_preprocessed"], dataset, args.patch_size, args)
     if args.device == "cpu":
         os.environ.setdefault("nnUNet_n_proc_DA", "0")  # 2 CPU cores: augmentation workers only compete
@@ -524,6 +602,8 @@ def run_split(name: str, train_cases: list[str], test_cases: list[str], data: st
         time_training(model, args)
         if model.name != LR_INIT:
             predict(model, os.path.join(work, "predictions", model.name), args)
+    for key in (k for k in args.methods if k in ENSEMBLES):
+        predict_ensemble(key, os.path.join(work, "predictions"), test_cases)
     return score_split(work, models, seconds, test_cases, references, args)
 
 
@@ -536,6 +616,21 @@ def score_split(work: str, models: dict[str, Model], seconds: dict, test_cases: 
     """Scores of every result key whose predictions are complete (a run cut short scores what it has)."""
     results = {}
     for key in (k for k in SCORED_KEYS if k in args.methods):
+        if key in ENSEMBLES:
+            output = os.path.join(work, "predictions", key)
+            predicted = read_json(os.path.join(output, "benchmark_predict_complete.json"))
+            if predicted is None:
+                log(f"{key}: no complete ensemble yet, not scored")
+                continue
+            per_case = {case: score_case(sitk.ReadImage(os.path.join(output, f"{case}.nii.gz")), None, case,
+                                         references) for case in test_cases}
+            results[key] = {"per_case": per_case, "train_seconds": None, "trainer": None,
+                            "members": list(ENSEMBLES[key]),
+                            **dict.fromkeys(("train_seconds_all_sittings", "train_seconds_per_iteration",
+                                             "train_seconds_per_iteration_alone", "train_peak_rss_mb")),
+                            "predict_seconds_per_volume": predicted["seconds"] / len(test_cases),
+                            "predict_peak_rss_mb": megabytes(predicted.get("peak_rss_bytes"))}
+            continue
         method: Method = METHODS[key]
         model = models[method.model_name(key)]
         output = os.path.join(work, "predictions", model.name)
@@ -625,6 +720,14 @@ def markdown_table(methods: dict) -> str:
     return "\n".join(lines)
 
 
+def runner_commit() -> str:
+    """The commit of the repository this runner runs from, with ``-dirty`` when tracked files differ from it."""
+    def git(*arguments: str) -> str:
+        return subprocess.run(["git", "-C", HERE, *arguments], capture_output=True, text=True).stdout.strip()
+    commit = git("rev-parse", "HEAD") or "unknown"
+    return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 # --- main -------------------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -702,7 +805,10 @@ def main() -> None:
                   f"{torch.__version__})",
         "seconds_this_run": time.perf_counter() - started,
         "command": "python benchmarks/brats_4x.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "commit": runner_commit(),
     }
+    for entry in methods.values():
+        entry["source"] = f"brats_4x.py at commit {results['commit']}"
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     write_json_atomically(args.output, results)
     save_figure(args.figure, data, args)

@@ -17,6 +17,10 @@ from dataclasses import dataclass
 #: dataset key -> (nnU-Net dataset id, name); the pseudo-HR dataset is named by rehrseg_make_pseudohr
 DATASETS = {"lr": (911, "BratsLR4x"), "interp": (912, "BratsInterp4x"), "hr": (914, "BratsHR")}
 PSEUDOHR_ID = 913
+#: the pseudo-HR dataset with label-free training images: its ``imagesTr`` super-resolved without the LR label as SR
+#: input (``rehrseg_super_resolve``, as the test images are), its labels those of the pseudo-HR dataset
+LABEL_FREE_ID = 915
+LABEL_FREE_NAME = "BratsPseudoHRLabelFree"
 BENCH_PLANS = "BenchPlans"
 INIT_PLANS = "BenchPlansInit"  # the same plans under a second name: the E1-epoch LR model gets its own folder
 REHRSEG_PLANS = "REHRSegPlans"
@@ -43,6 +47,7 @@ class Method:
         super_resolve: its test images are the thick-slice ones, super-resolved by the split's SR model
             (``rehrseg_super_resolve``) as the first step of its prediction, so that its prediction time includes
             the super-resolution, as the guided REHRSeg designs' does.
+        save_probabilities: its prediction also writes the HR class probabilities (an ensemble member).
     """
 
     trainer: str
@@ -55,6 +60,7 @@ class Method:
     model: str | None = None
     scored: bool = True
     super_resolve: bool = False
+    save_probabilities: bool = False
 
     def model_name(self, key: str) -> str:
         return self.model or key
@@ -75,6 +81,14 @@ REHRSEG_TRAINERS = {
     "rehrseg_fineTuneLr1en2": "REHRSegTrainer_fineTuneLr1en2",  # fine-tuning at nnU-Net's lr 1e-2, not 1e-3
 }
 
+#: ensemble result key -> the result keys whose HR class probabilities it averages (trains nothing; its prediction
+#: time is the sum of its members')
+ENSEMBLES: dict[str, tuple[str, ...]] = {
+    "ensemble_rehrseg_paper_sr_nnunet": ("rehrseg_paper", "sr_nnunet"),
+    "ensemble_rehrseg_hrStem_sr_nnunet": ("rehrseg_hrStem", "sr_nnunet"),
+}
+ENSEMBLE_MEMBERS = {key for members in ENSEMBLES.values() for key in members}
+
 #: result key -> method; the order is the training order: cheapest first, so that a run cut short has REHRSeg and
 #: the LR baseline scored before the HR-grid baselines
 METHODS: dict[str, Method] = {
@@ -82,14 +96,17 @@ METHODS: dict[str, Method] = {
     "nnunet_lr_upsampled_nearest": Method("nnUNetTrainer", "lr", "lr", to_hr="nearest", model="nnunet_lr"),
     "nnunet_lr_upsampled_sdf": Method("nnUNetTrainer", "lr", "lr", to_hr="shape_based", model="nnunet_lr"),
     **{key: Method(trainer, "pseudohr", "lr", schedule="fine_tune", predictor="rehrseg_predict",
-                   plans=REHRSEG_PLANS) for key, trainer in REHRSEG_TRAINERS.items()},
+                   plans=REHRSEG_PLANS, save_probabilities=key in ENSEMBLE_MEMBERS)
+       for key, trainer in REHRSEG_TRAINERS.items()},
     "interp_nnunet": Method("nnUNetTrainer", "interp", "interp"),
     # the thick-slice test image super-resolved by the split's SR model, then stock nnU-Net ("SR + stock nnU-Net")
-    "sr_nnunet": Method("nnUNetTrainer", "pseudohr", "lr", super_resolve=True),
+    "sr_nnunet": Method("nnUNetTrainer", "pseudohr", "lr", super_resolve=True, save_probabilities=True),
+    # the same, trained on pseudo-HR images super-resolved without the LR label, as its test images are
+    "sr_nnunet_labelFree": Method("nnUNetTrainer", "pseudohr_labelFree", "lr", super_resolve=True),
     "oracle_hr": Method("nnUNetTrainer", "hr", "hr"),  # the true 1 mm images and labels: the ceiling
 }
 
-SCORED_KEYS = [key for key, method in METHODS.items() if method.scored]
+SCORED_KEYS = [key for key, method in METHODS.items() if method.scored] + list(ENSEMBLES)
 
 #: the key of the design ``-tr REHRSegTrainer`` trains, per value of REHRSegTrainer.hr_guidance
 DESIGN_KEYS = {"none": "rehrseg_paper", "stem": "rehrseg_hrStem", "level": "rehrseg_hrLevel"}
@@ -104,6 +121,7 @@ def recommended_key() -> str:
 def models_needed(keys: list[str]) -> list[str]:
     """The names of the models to train for the result ``keys`` (in training order): their own, plus the LR
     nnU-Net that a fine-tuned method starts from."""
+    keys = [member for key in keys for member in ENSEMBLES.get(key, (key,))]
     wanted = {METHODS[key].model_name(key) for key in keys}
     if any(METHODS[key].schedule == "fine_tune" for key in keys):
         wanted.add(LR_INIT)

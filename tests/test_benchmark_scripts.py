@@ -65,7 +65,9 @@ def test_sr_nnunet_super_resolves_the_thick_slice_test_images_as_part_of_its_pre
     sr_nnunet, lr = models["sr_nnunet"], brats_4x.DATASETS["lr"]
     assert sr_nnunet.sr_model == str(tmp_path / "sr_model") and sr_nnunet.dataset == "Dataset913_PseudoHR"
     assert sr_nnunet.inputs == str(tmp_path / "raw" / f"Dataset{lr[0]}_{lr[1]}" / "imagesTs")
-    assert all(model.sr_model is None for name, model in models.items() if name != "sr_nnunet")
+    assert models["sr_nnunet_labelFree"].sr_model == sr_nnunet.sr_model
+    assert models["sr_nnunet_labelFree"].dataset == "Dataset915_BratsPseudoHRLabelFree"
+    assert all(model.sr_model is None for name, model in models.items() if not name.startswith("sr_nnunet"))
     commands = []
 
     def fake_run(command: list[str], env: dict | None = None) -> int:  # each script creates its -o folder
@@ -119,3 +121,89 @@ def test_run_reports_the_peak_memory_of_the_command_and_fails_with_it():
     assert brats_4x.run([sys.executable, "-c", "pass"]) < 200 * 2**20
     with pytest.raises(subprocess.CalledProcessError):
         brats_4x.run([sys.executable, "-c", "raise SystemExit(3)"])
+
+
+def test_the_ensemble_averages_its_members_hr_probabilities_and_adds_their_prediction_times(tmp_path, monkeypatch):
+    """The ensemble row writes argmax(mean of the members' probabilities) on their HR grid; its prediction time is
+    the members' sum; it waits while a member's probabilities are missing and refuses members on other grids."""
+    import numpy as np
+    import SimpleITK as sitk
+    brats_4x = load_brats_4x()
+    from brats_methods import ENSEMBLES, METHODS
+    key = "ensemble_rehrseg_hrStem_sr_nnunet"
+    members = ENSEMBLES[key]
+    assert all(METHODS[m].save_probabilities for m in members)
+    rng = np.random.default_rng(0)
+    probabilities = [rng.dirichlet(np.ones(5), size=(3, 4, 6)).transpose(3, 0, 1, 2) for _ in members]
+    predictions = tmp_path / "predictions"
+
+    def write_member(member: str, array: np.ndarray, seconds: float, origin=(1.0, 2.0, 3.0)) -> None:
+        folder = predictions / METHODS[member].model_name(member)
+        folder.mkdir(parents=True, exist_ok=True)
+        segmentation = sitk.GetImageFromArray(array.argmax(0).astype(np.uint8))
+        segmentation.SetSpacing((0.9, 0.9, 1.0))
+        segmentation.SetOrigin(origin)
+        sitk.WriteImage(segmentation, str(folder / "pat0003.nii.gz"))
+        np.savez_compressed(folder / "pat0003.npz", probabilities=array.astype(np.float16))
+        (folder / "benchmark_predict_complete.json").write_text(json.dumps(
+            {"seconds": seconds, "peak_rss_bytes": 2**20, "saved_probabilities": True}))
+
+    write_member(members[0], probabilities[0], 10.0)
+    brats_4x.predict_ensemble(key, str(predictions), ["pat0003"])
+    assert not (predictions / key).exists()  # the second member is not predicted yet
+    write_member(members[1], probabilities[1], 5.0, origin=(1.0, 2.0, 4.0))
+    with pytest.raises(RuntimeError, match="not on the grid"):
+        brats_4x.predict_ensemble(key, str(predictions), ["pat0003"])
+    write_member(members[1], probabilities[1], 5.0)
+    brats_4x.predict_ensemble(key, str(predictions), ["pat0003"])
+    ensembled = sitk.ReadImage(str(predictions / key / "pat0003.nii.gz"))
+    expected = np.mean([p.astype(np.float16).astype(np.float32) for p in probabilities], axis=0).argmax(0)
+    assert np.array_equal(sitk.GetArrayFromImage(ensembled), expected)
+    assert not np.array_equal(expected, probabilities[0].argmax(0))  # the average is not just one member
+    assert np.allclose(ensembled.GetOrigin(), (1.0, 2.0, 3.0)) and np.allclose(ensembled.GetSpacing(), (0.9, 0.9, 1.0))
+    marker = json.loads((predictions / key / "benchmark_predict_complete.json").read_text())
+    assert 15.0 <= marker["seconds"] < 15.0 + 60 and marker["members"] == list(members)
+
+
+def test_the_label_free_dataset_pairs_super_resolved_images_with_the_pseudohr_labels(tmp_path, monkeypatch):
+    """sr_nnunet_labelFree trains on imagesTr super-resolved without the LR label (rehrseg_super_resolve) and the
+    pseudo-HR dataset's labels; an image off its label's grid stops it before dataset.json is written."""
+    import argparse
+
+    import numpy as np
+    import SimpleITK as sitk
+    brats_4x = load_brats_4x()
+    raw, pseudohr = tmp_path / "raw", "Dataset913_BratsLR4xPseudoHR"
+    (raw / pseudohr / "labelsTr").mkdir(parents=True)
+    label = sitk.GetImageFromArray(np.zeros((8, 4, 4), np.uint8))
+    label.SetSpacing((1.0, 1.0, 1.0))
+    sitk.WriteImage(label, str(raw / pseudohr / "labelsTr" / "pat0001.nii.gz"))
+    (raw / pseudohr / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "T1c"}, "labels": {"background": 0, "tumour": 1}, "numTraining": 1,
+        "file_ending": ".nii.gz", "rehrseg": {"uncertainty_folder": "uncertaintyTr"}}))
+    commands, spacing = [], [1.0]
+
+    def fake_super_resolve(command: list[str], env: dict | None = None) -> int:
+        commands.append(command)
+        output = Path(command[command.index("-o") + 1])
+        output.mkdir(parents=True, exist_ok=True)
+        image = sitk.GetImageFromArray(np.ones((8, 4, 4), np.float32))
+        image.SetSpacing((1.0, 1.0, spacing[0]))
+        sitk.WriteImage(image, str(output / "pat0001_0000.nii.gz"))
+        return 1
+
+    monkeypatch.setattr(brats_4x, "run", fake_super_resolve)
+    args = argparse.Namespace(device="cpu")
+    target = raw / brats_4x.LABEL_FREE_DATASET
+    spacing[0] = 4.0
+    with pytest.raises(RuntimeError, match="not on the grid"):
+        brats_4x.make_label_free_dataset(str(raw), pseudohr, str(tmp_path / "sr_model"), args)
+    assert not (target / "dataset.json").exists()
+    spacing[0] = 1.0
+    brats_4x.make_label_free_dataset(str(raw), pseudohr, str(tmp_path / "sr_model"), args)
+    assert os.path.basename(commands[-1][0]) == "rehrseg_super_resolve"
+    assert commands[-1][commands[-1].index("-i") + 1].endswith(os.path.join("Dataset911_BratsLR4x", "imagesTr"))
+    assert (target / "labelsTr" / "pat0001.nii.gz").read_bytes() == (
+        raw / pseudohr / "labelsTr" / "pat0001.nii.gz").read_bytes()
+    dataset = json.loads((target / "dataset.json").read_text())
+    assert dataset["labels"] == {"background": 0, "tumour": 1} and "rehrseg" not in dataset
