@@ -207,3 +207,43 @@ def test_the_label_free_dataset_pairs_super_resolved_images_with_the_pseudohr_la
         raw / pseudohr / "labelsTr" / "pat0001.nii.gz").read_bytes()
     dataset = json.loads((target / "dataset.json").read_text())
     assert dataset["labels"] == {"background": 0, "tumour": 1} and "rehrseg" not in dataset
+
+
+def test_the_cv_merge_pools_fold_jsons_scores_both_grids_and_recommends_by_the_tie_rule(tmp_path):
+    """brats_4x_cv.py builds the decision JSON from fold JSONs alone: per-case HR and LR-grid class means, the
+    Spearman rho per case, committed rows only where no fold ran them, and the REHRSeg row by issue 34's rule."""
+    import copy
+    load_brats_4x()
+    spec = importlib.util.spec_from_file_location("brats_4x_cv", BENCHMARKS / "brats_4x_cv.py")
+    cv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cv)
+    guided = json.loads((BENCHMARKS / "results" / "brats_4x_4000_guided.json").read_text())
+    folds = tmp_path / "folds"
+    folds.mkdir()
+    (folds / "pat0004.json").write_text(json.dumps(guided))
+    other = copy.deepcopy(guided)
+    other["test_cases"] = ["pat0003"]
+    for row in other["methods"].values():
+        row["per_case"] = {"test_pat0003/pat0003": next(iter(row["per_case"].values()))}
+    other["methods"]["rehrseg_hrStem"]["per_case"]["test_pat0003/pat0003"]["hr"]["edema"]["dice"] = 0.9
+    (folds / "pat0003.json").write_text(json.dumps(other))
+    committed = ["pat0004:oracle_hr=brats_4x_4000.json", "pat0004:rehrseg_paper=brats_4x_4000.json"]
+    result = cv.merge(str(folds), committed, str(BENCHMARKS / "results"))
+    assert result["test_cases"] == ["pat0003", "pat0004"]
+    paper, stem = result["methods"]["rehrseg_paper"], result["methods"]["rehrseg_hrStem"]
+    assert all("brats_4x_4000.json" not in s for s in paper["source"])  # the fold's row wins over a committed one
+    assert result["methods"]["oracle_hr"]["source"][0].startswith("benchmarks/results/brats_4x_4000.json")
+    scores = guided["methods"]["rehrseg_paper"]["per_case"]["fixed/pat0004"]
+    present = [c for c in cv.CLASSES if scores["lr"][c]["present"]]
+    assert paper["per_case"]["pat0004"]["lr_class_mean"] == pytest.approx(
+        sum(scores["lr"][c]["dice"] for c in present) / len(present))
+    # stem: edema 0.9 on pat0003 lifts its class mean by (0.9 - 0.413) / 2 / 4 = 0.061 over the paper network
+    assert stem["per_class_mean_hr_dice"] - paper["per_class_mean_hr_dice"] > cv.TIE
+    assert result["recommended"] == "rehrseg_hrStem"
+    assert -1 <= result["spearman_lr_vs_hr_class_mean"]["pat0004"]["rho"] <= 1
+    assert "sr_nnunet" in result["pending"]
+    assert result["verdict"]["checks"]["class_mean_vs_sr_nnunet_plus_0.01"] is False  # no sr_nnunet row: not met
+    other["methods"]["rehrseg_hrStem"]["per_case"]["test_pat0003/pat0003"]["hr"]["edema"]["dice"] = 0.413
+    (folds / "pat0003.json").write_text(json.dumps(other))
+    result = cv.merge(str(folds), [], str(BENCHMARKS / "results"))
+    assert result["recommended"] == "rehrseg_paper"  # within 0.01 of the stem (0.004 ahead) and faster to predict

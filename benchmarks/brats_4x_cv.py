@@ -1,0 +1,250 @@
+"""Merge the decision run's fold JSONs into ``benchmarks/results/brats_4x_cv.json`` and judge the recommendation.
+
+Reads only committed files, so a lost work folder costs only an unfinished fold:
+- ``benchmarks/results/brats_4x_cv/<test case>.json``: one leave-one-out fold each, written by
+  ``benchmarks/brats_4x.py`` (run by ``benchmarks/decision_run.sh``);
+- ``--committed KEY=FILE`` rows for a test case that its fold did not run fresh (default: pat0004's
+  ``nnunet_lr_upsampled_sdf``, ``interp_nnunet`` and ``oracle_hr`` from ``brats_4x_4000.json``), each marked
+  with its ``source``.
+
+Per method: ``per_class_mean_hr_dice``, ``hr_dice`` / ``hr_hd95`` (whole tumour), every class and region with mean
+and std over test cases, ``per_case`` (each case's HR and LR-grid class means beside its scores), the costs
+(``train_seconds_per_iteration`` and ``predict_seconds_per_volume`` timed alone where recorded, averaged over
+folds; ``peak_rss_mb``) and ``source``. Per test case: the Spearman correlation between the methods' LR-grid and
+HR class means (can a user with only thick-slice labels rank the paths?). ``ensemble_rehrseg_sr_nnunet`` is the
+ensemble of the REHRSeg row with the better cross-validated class mean. ``recommended``: that REHRSeg row; within
+0.01 the cheaper one (prediction time, then training time). The verdict applies issue 34's thresholds as they are.
+
+    python benchmarks/brats_4x_cv.py            # writes benchmarks/results/brats_4x_cv.json, prints the tables
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from brats_methods import ENSEMBLES  # noqa: E402
+
+CLASSES = ["necrosis", "edema", "non_enhancing", "enhancing"]
+REHRSEG_ROWS = ("rehrseg_paper", "rehrseg_hrStem")
+BASELINES = ("nnunet_lr_upsampled_sdf", "interp_nnunet", "sr_nnunet", "sr_nnunet_labelFree")
+CHOSEN_ENSEMBLE = "ensemble_rehrseg_sr_nnunet"
+#: the methods that decide (issue 34), in table order
+DECIDING = (*BASELINES, *REHRSEG_ROWS, CHOSEN_ENSEMBLE, "oracle_hr")
+DEFAULT_COMMITTED = [f"pat0004:{key}=brats_4x_4000.json" for key in
+                     ("nnunet_lr_upsampled_sdf", "interp_nnunet", "oracle_hr")]
+#: within this class-mean difference the cheaper REHRSeg row is recommended
+TIE = 0.01
+
+
+def class_mean(scores: dict, grid: str) -> float | None:
+    """Mean Dice over the classes present in reference or prediction of one case on ``grid`` (``hr``/``lr``)."""
+    values = [scores[grid][name]["dice"] for name in CLASSES if scores[grid][name]["present"]]
+    return float(np.mean(values)) if values else None
+
+
+def case_of(key: str) -> str:
+    """``test_pat0003/pat0003`` -> ``pat0003``."""
+    return key.split("/")[-1]
+
+
+def read_folds(folder: str) -> dict[str, dict]:
+    """Test case -> that fold's JSON, for every fold JSON in ``folder``."""
+    folds = {}
+    for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+        with open(path) as handle:
+            fold = json.load(handle)
+        for case in fold["test_cases"]:
+            folds[case] = {**fold, "path": os.path.relpath(path, os.path.dirname(HERE))}
+    return folds
+
+
+def rows_per_case(folds: dict[str, dict], committed: list[str], results: str) -> dict[str, dict[str, dict]]:
+    """method -> test case -> the row that scores it (fold rows first; a committed row only where the fold has
+    none), with ``source`` set."""
+    rows: dict[str, dict[str, dict]] = {}
+    for case, fold in folds.items():
+        for key, row in fold["methods"].items():
+            if case_of(next(iter(row["per_case"]))) == case:
+                rows.setdefault(key, {})[case] = {**row, "source": row.get("source") or fold["path"]}
+    for spec in committed:
+        target, file_name = spec.split("=", 1)
+        case, key = target.split(":", 1)
+        if case in rows.get(key, {}):
+            continue
+        with open(os.path.join(results, file_name)) as handle:
+            earlier = json.load(handle)
+        if key not in earlier["methods"]:
+            continue
+        row = earlier["methods"][key]
+        per_case = {k: v for k, v in row["per_case"].items() if case_of(k) == case}
+        if per_case:
+            rows.setdefault(key, {})[case] = {**row, "per_case": per_case,
+                                              "source": f"benchmarks/results/{file_name} ({earlier.get('command')})"}
+    return rows
+
+
+def summary(per_case_rows: dict[str, dict]) -> dict:
+    """One method over its test cases: scores with mean and std, per-case class means, costs, sources."""
+    per_case = {case: next(iter(row["per_case"].values())) for case, row in sorted(per_case_rows.items())}
+    out: dict = {"hr": {}, "lr": {}}
+    for grid in ("hr", "lr"):
+        for name in per_case[next(iter(per_case))][grid]:
+            for metric in ("dice", "hd95"):
+                values = [c[grid][name][metric] for c in per_case.values()
+                          if c[grid][name]["present"] or name not in CLASSES]
+                values = [v for v in values if v is not None and np.isfinite(v)]
+                if values:
+                    out[grid].setdefault(name, {})[metric] = {"mean": float(np.mean(values)),
+                                                              "std": float(np.std(values)), "cases": len(values)}
+    out["per_class_mean_hr_dice"] = float(np.mean([out["hr"][n]["dice"]["mean"] for n in CLASSES if n in out["hr"]]))
+    out["per_class_mean_lr_dice"] = float(np.mean([out["lr"][n]["dice"]["mean"] for n in CLASSES if n in out["lr"]]))
+    out["hr_dice"] = out["hr"]["whole_tumour"]["dice"]["mean"]
+    out["hr_hd95"] = out["hr"]["whole_tumour"]["hd95"]["mean"]
+    out["per_case"] = {case: {"hr_class_mean": class_mean(scores, "hr"), "lr_class_mean": class_mean(scores, "lr"),
+                              "source": per_case_rows[case]["source"], **scores}
+                       for case, scores in per_case.items()}
+    out.update(costs(per_case_rows))
+    out["source"] = sorted({row["source"] for row in per_case_rows.values()})
+    return out
+
+
+def costs(per_case_rows: dict[str, dict]) -> dict:
+    """Costs averaged over the folds that recorded them; seconds per iteration timed alone where recorded."""
+    def mean(values: list) -> float | None:
+        values = [v for v in values if v is not None]
+        return float(np.mean(values)) if values else None
+    rows = list(per_case_rows.values())
+    alone = mean([r.get("train_seconds_per_iteration_alone") for r in rows])
+    peaks = [v for r in rows for v in (r.get("train_peak_rss_mb"), r.get("predict_peak_rss_mb")) if v is not None]
+    return {"train_seconds_per_iteration": alone, "train_seconds_per_iteration_timed_alone": alone is not None,
+            "predict_seconds_per_volume": mean([r.get("predict_seconds_per_volume") for r in rows]),
+            "peak_rss_mb": max(peaks) if peaks else None}
+
+
+def spearman_per_case(methods: dict[str, dict]) -> dict[str, dict]:
+    """Per test case: Spearman's rho between the methods' LR-grid and HR class means, over the methods scored."""
+    from scipy.stats import spearmanr
+    cases = sorted({case for row in methods.values() for case in row["per_case"]})
+    out = {}
+    for case in cases:
+        pairs = {key: (row["per_case"][case]["lr_class_mean"], row["per_case"][case]["hr_class_mean"])
+                 for key, row in methods.items() if case in row["per_case"]}
+        lr, hr = zip(*pairs.values(), strict=True)
+        out[case] = {"rho": float(spearmanr(lr, hr).statistic) if len(pairs) > 2 else None,
+                     "methods": sorted(pairs)}
+    return out
+
+
+def recommend(methods: dict[str, dict]) -> str | None:
+    """The REHRSeg row with the better cross-validated class mean; within :data:`TIE` the cheaper one."""
+    rows = [key for key in REHRSEG_ROWS if key in methods]
+    if not rows:
+        return None
+    best = max(rows, key=lambda k: methods[k]["per_class_mean_hr_dice"])
+    close = [k for k in rows if methods[best]["per_class_mean_hr_dice"] - methods[k]["per_class_mean_hr_dice"] < TIE]
+    return min(close, key=lambda k: (methods[k]["predict_seconds_per_volume"] or np.inf,
+                                     methods[k]["train_seconds_per_iteration"] or np.inf))
+
+
+def verdict(methods: dict[str, dict], recommended: str) -> dict:
+    """Issue 34's thresholds for the recommended REHRSeg row, as they are."""
+    row, baselines = methods[recommended], [k for k in BASELINES if k in methods]
+    sr = methods.get("sr_nnunet")
+    checks = {
+        "class_mean_vs_sr_nnunet_plus_0.01": sr is not None and
+        row["per_class_mean_hr_dice"] >= sr["per_class_mean_hr_dice"] + 0.01,
+        "class_mean_vs_other_baselines_plus_0.02": all(
+            row["per_class_mean_hr_dice"] >= methods[k]["per_class_mean_hr_dice"] + 0.02
+            for k in baselines if k != "sr_nnunet"),
+        "whole_tumour_hd95_le_every_baseline": all(row["hr_hd95"] <= methods[k]["hr_hd95"] for k in baselines),
+        "predict_seconds_le_sr_nnunet": sr is not None and None not in (
+            row["predict_seconds_per_volume"], sr["predict_seconds_per_volume"])
+        and row["predict_seconds_per_volume"] <= sr["predict_seconds_per_volume"],
+    }
+    return {"checks": checks, "all_met": all(checks.values()), "baselines": baselines}
+
+
+def merge(folds_folder: str, committed: list[str], results: str) -> dict:
+    folds = read_folds(folds_folder)
+    rows = rows_per_case(folds, committed, results)
+    methods = {key: summary(per_case) for key, per_case in rows.items()}
+    cases = sorted(folds)
+    recommended = recommend(methods)
+    ensemble_of = {members[0]: key for key, members in ENSEMBLES.items()}
+    if recommended and ensemble_of.get(recommended) in methods:
+        methods[CHOSEN_ENSEMBLE] = {**methods[ensemble_of[recommended]], "ensembled": ensemble_of[recommended]}
+    for key in [k for k in methods if k in ENSEMBLES]:
+        methods.pop(key)
+    deciding = {key: methods[key] for key in DECIDING if key in methods}
+    complete = [key for key in DECIDING if key in methods and
+                (key == "oracle_hr" or set(methods[key]["per_case"]) >= set(cases))]
+    return {"test_cases": cases, "recommended": recommended,
+            "methods": deciding,
+            "complete": complete, "pending": [key for key in DECIDING if key not in complete],
+            "spearman_lr_vs_hr_class_mean": spearman_per_case(deciding),
+            "verdict": verdict(deciding, recommended) if recommended in deciding else None,
+            "folds": {case: {"path": fold["path"], "commit": fold.get("commit"), "command": fold.get("command"),
+                             "budget": fold.get("budget"), "pending": fold.get("pending")}
+                      for case, fold in folds.items()}}
+
+
+def table_cell(row: dict, name: str) -> str:
+    """Dice mean ± std over test cases (HD95 mean, mm) of one class or region, "–" where never present."""
+    if name not in row["hr"]:
+        return "–"
+    dice, hd95 = row["hr"][name]["dice"], row["hr"][name].get("hd95", {"mean": float("nan")})
+    spread = f" ± {dice['std']:.3f}" if dice["cases"] > 1 else ""
+    return f"{dice['mean']:.3f}{spread} ({hd95['mean']:.1f})"
+
+
+def number(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(result: dict) -> str:
+    """The docs' table: HR Dice mean ± std (HD95 mm) per class and region, per-case class means, costs."""
+    names = [*CLASSES, "whole_tumour", "tumour_core"]
+    cases = result["test_cases"]
+    lines = ["| method | " + " | ".join(names) + " | class mean | " + " | ".join(cases)
+             + " | LR-grid class mean | train s/it alone | predict s/volume | peak RSS MB |",
+             "|---" * (len(names) + len(cases) + 6) + "|"]
+    for key, row in result["methods"].items():
+        per_case = [number(row["per_case"][c]["hr_class_mean"], 3) if c in row["per_case"] else "–" for c in cases]
+        lines.append(f"| {key} | " + " | ".join(table_cell(row, n) for n in names)
+                     + f" | {row['per_class_mean_hr_dice']:.3f} | " + " | ".join(per_case)
+                     + f" | {row['per_class_mean_lr_dice']:.3f} | {number(row['train_seconds_per_iteration'], 2)} | "
+                     f"{number(row['predict_seconds_per_volume'], 0)} | {number(row['peak_rss_mb'], 0)} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    results = os.path.join(HERE, "results")
+    parser.add_argument("--folds", default=os.path.join(results, "brats_4x_cv"), help="folder of the fold JSONs")
+    parser.add_argument("--committed", nargs="*", default=DEFAULT_COMMITTED, metavar="CASE:KEY=FILE",
+                        help="rows taken from an earlier results JSON (in benchmarks/results) where no fold ran them")
+    parser.add_argument("--output", default=os.path.join(results, "brats_4x_cv.json"))
+    args = parser.parse_args()
+    if not glob.glob(os.path.join(args.folds, "*.json")):
+        sys.exit(f"no fold JSON in {args.folds}; run benchmarks/decision_run.sh and copy each finished fold there.")
+    result = merge(args.folds, args.committed, results)
+    from rehrseg_nnunet.file_writing import write_json_atomically
+    write_json_atomically(args.output, result)
+    print(markdown(result))
+    print("\nSpearman rho (LR-grid vs HR class mean, per test case):",
+          {c: (None if v["rho"] is None else round(v["rho"], 3))
+           for c, v in result["spearman_lr_vs_hr_class_mean"].items()})
+    print(f"recommended: {result['recommended']}; verdict: {json.dumps(result['verdict'])}")
+    print(f"pending: {result['pending']}; wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
