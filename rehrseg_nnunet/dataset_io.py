@@ -112,18 +112,35 @@ def _cases_in(folder: str, file_ending: str, num_channels: int, label_folder: st
     return cases
 
 
+def read_json_file(path: str, missing_fix: str, invalid_fix: str) -> object:
+    """A JSON file's content; one line naming the file when it is missing or not valid JSON.
+
+    Args:
+        path: the JSON file.
+        missing_fix: what the message says after "is missing:".
+        invalid_fix: what to do about invalid JSON.
+
+    Returns:
+        The parsed content.
+
+    Raises:
+        RehrsegInputError: the file is missing or not valid JSON.
+    """
+    if not os.path.isfile(path):
+        raise RehrsegInputError(f"{path} is missing: {missing_fix}.")
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise RehrsegInputError(f"{path} is not valid JSON ({error}); {invalid_fix}.") from None
+
+
 def load_raw_dataset(dataset: str | int) -> RawDataset:
     """Open an nnU-Net raw dataset by id or name and list its training (and test) cases."""
     name, folder = resolve_dataset_folder(dataset)
     json_path = os.path.join(folder, "dataset.json")
-    if not os.path.isfile(json_path):
-        raise RehrsegInputError(f"{json_path} is missing: {folder} is not an nnU-Net raw dataset; create its "
-                                "dataset.json.")
-    try:
-        with open(json_path) as handle:
-            dataset_json = json.load(handle)
-    except ValueError as error:
-        raise RehrsegInputError(f"{json_path} is not valid JSON ({error}); fix the file.") from None
+    dataset_json = read_json_file(json_path, f"{folder} is not an nnU-Net raw dataset; create its dataset.json",
+                                  "fix the file")
     if not isinstance(dataset_json, dict):
         raise RehrsegInputError(f"{json_path} does not hold a JSON object; write it in nnU-Net's dataset.json format.")
     for key in ("channel_names", "labels", "file_ending"):
@@ -230,7 +247,20 @@ def read_image(path: str) -> sitk.Image:
                                 "(.nii.gz).") from None
 
 
-def _check_finite(path: str, image: sitk.Image) -> None:
+def check_finite_voxels(path: str, when: str = "predicting") -> None:
+    """Refuse an image with NaN or Inf voxels (the check training inputs get) before anything is written.
+
+    Args:
+        path: the image file.
+        when: what the message says to fix them before.
+
+    Raises:
+        RehrsegInputError: one line naming the file.
+    """
+    _check_finite(path, read_image(path), when)
+
+
+def _check_finite(path: str, image: sitk.Image, when: str = "training") -> None:
     array = sitk.GetArrayViewFromImage(image)
     if not np.issubdtype(array.dtype, np.floating):
         return
@@ -240,7 +270,7 @@ def _check_finite(path: str, image: sitk.Image) -> None:
 
         array = np.asanyarray(nibabel.load(path).dataobj)
     if not np.isfinite(array).all():
-        raise RehrsegInputError(f"{path} contains NaN or Inf voxels; replace them (e.g. by 0) before training.")
+        raise RehrsegInputError(f"{path} contains NaN or Inf voxels; replace them (e.g. by 0) before {when}.")
 
 
 def read_case(case: RawCase, require_label: bool = True) -> tuple[list[sitk.Image], sitk.Image | None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -148,9 +149,10 @@ def write_image_atomically(image: sitk.Image, path: str) -> None:
 def keep_as_previous(path: str, previous: str) -> None:
     """Make ``previous`` a copy of ``path`` (a hard link where the file system has them) without ``path`` ever
     being absent: call it before atomically replacing ``path``, so a kill at any moment leaves a complete latest
-    file and a complete previous one."""
+    file and a complete previous one. The SHA-256 record of ``path`` (if any) is kept for ``previous`` too."""
     if not os.path.isfile(path):
         return
+    write_hash(previous, recorded_hash(path) or None)  # before the link: a kill between leaves a mismatch, not a pass
     if os.path.isfile(previous) and os.path.samefile(path, previous):
         return  # a run killed between this call and the replace of ``path`` left them as one file already
     temporary = f"{previous}.{os.getpid()}{TEMPORARY_SUFFIX}"
@@ -161,3 +163,116 @@ def keep_as_previous(path: str, previous: str) -> None:
     os.replace(temporary, previous)
     if os.path.lexists(temporary):  # rename(2) does nothing when both names are links to one file
         os.remove(temporary)
+
+
+# --- checkpoint hashes: a sidecar ``NAME.sha256`` beside every checkpoint -------------------------------------
+#: ending of the file holding a checkpoint's SHA-256 (``sha256sum`` format: ``HEX  NAME``)
+HASH_SUFFIX = ".sha256"
+#: checkpoints already reported as written before they carried a SHA-256 (reported once per process)
+_UNVERIFIED_REPORTED: set[str] = set()
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file, read in blocks.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The hex digest.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_file(path: str) -> str:
+    """Where the SHA-256 of checkpoint ``path`` is recorded."""
+    return path + HASH_SUFFIX
+
+
+def write_hash(path: str, digest: str | None) -> None:
+    """Record ``digest`` as the SHA-256 of ``path`` (atomically); ``None`` removes the record."""
+    if digest is None:
+        if os.path.lexists(hash_file(path)):
+            os.remove(hash_file(path))
+        return
+    write_atomically(hash_file(path), lambda handle: handle.write(f"{digest}  {os.path.basename(path)}\n".encode()))
+
+
+def recorded_hash(path: str) -> str | None:
+    """The SHA-256 recorded for ``path``: None when there is no record (a checkpoint from before records were
+    written), ``""`` when the record is unreadable (which no file matches)."""
+    record = hash_file(path)
+    if not os.path.isfile(record):
+        return None
+    try:
+        with open(record) as handle:
+            words = handle.read().split()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return words[0] if words and len(words[0]) == 64 else ""
+
+
+def hash_mismatch(path: str, log: Callable[[str], None] | None = None) -> str | None:
+    """Why ``path`` is not the file its SHA-256 record names (None when it matches, or has no record: then
+    ``log`` is told once per process that it loads unverified).
+
+    Args:
+        path: a checkpoint.
+        log: where the one "unverified" line goes (nowhere when None).
+
+    Returns:
+        A short reason for a mismatch, or None.
+    """
+    expected = recorded_hash(path)
+    if expected is None:
+        if log is not None and path not in _UNVERIFIED_REPORTED:
+            _UNVERIFIED_REPORTED.add(path)
+            log(f"{path} has no SHA-256 record ({os.path.basename(hash_file(path))}; written before checkpoints "
+                "carried one): loading it unverified")
+        return None
+    actual = file_sha256(path) if os.path.isfile(path) else "missing"
+    if actual == expected:
+        return None
+    return (f"its SHA-256 {actual[:12]}... differs from the {expected[:12] or 'unreadable record'}... recorded in "
+            f"{os.path.basename(hash_file(path))}: the file is damaged")
+
+
+def write_checkpoint_bytes(path: str, data: bytes) -> str:
+    """Write a checkpoint's bytes atomically with their SHA-256 record (the record first: a kill between the
+    two renames leaves a checkpoint that fails its check, never a damaged one that passes).
+
+    Args:
+        path: the checkpoint file.
+        data: its content.
+
+    Returns:
+        The SHA-256.
+    """
+    digest = hashlib.sha256(data).hexdigest()
+    write_hash(path, digest)
+    write_atomically(path, lambda handle: handle.write(data))
+    return digest
+
+
+def publish_checkpoint(partial: str, path: str) -> None:
+    """Rename a finished checkpoint file into place together with its SHA-256 record (read back from disk)."""
+    write_hash(path, file_sha256(partial))
+    os.replace(partial, path)
+
+
+def promote_checkpoint(source: str, path: str) -> None:
+    """Move checkpoint ``source`` (and its SHA-256 record) to ``path``, replacing a damaged one."""
+    write_hash(path, recorded_hash(source) or None)
+    os.replace(source, path)
+    write_hash(source, None)
+
+
+def remove_checkpoint(path: str) -> None:
+    """Delete a checkpoint and its SHA-256 record (where present)."""
+    for name in (path, hash_file(path)):
+        if os.path.lexists(name):
+            os.remove(name)

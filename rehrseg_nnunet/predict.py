@@ -25,10 +25,17 @@ from nnunetv2.inference.export_prediction import export_prediction_from_logits
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from rehrseg_nnunet.contract import StageContract
-from rehrseg_nnunet.dataset_io import check_gzip_complete, check_thick_slice_header
+from rehrseg_nnunet.dataset_io import check_finite_voxels, check_gzip_complete, check_thick_slice_header
 from rehrseg_nnunet.degradation import labels_to_lr
 from rehrseg_nnunet.errors import RehrsegInputError
-from rehrseg_nnunet.file_writing import partial_path, publish, remove_stale_partial_files, write_image_atomically
+from rehrseg_nnunet.file_writing import (
+    hash_mismatch,
+    partial_path,
+    process_alive,
+    publish,
+    remove_stale_partial_files,
+    write_image_atomically,
+)
 from rehrseg_nnunet.geometry import Grid
 from rehrseg_nnunet.planning import NETWORK_CLASS
 from rehrseg_nnunet.sr.carried import RETRAIN_HINT, decode_bundle
@@ -36,6 +43,7 @@ from rehrseg_nnunet.super_resolve import is_complete_image, super_resolve_cases
 from rehrseg_nnunet.training import EXT_TRAINER_FOLDER
 
 #: hidden subfolder of the output folder where a guided prediction keeps its super-resolved inputs meanwhile
+#: (``.rehrseg_super_resolved.PID``: one per process, so predictions into one folder at once do not share it)
 SUPER_RESOLVED_FOLDER = ".rehrseg_super_resolved"
 CARRIED_KEY = "carried_sr.bundle"
 GUIDED_KEY_PREFIX = "rehrseg.seg_layers.hr_encoder."
@@ -263,6 +271,9 @@ def check_input_folder(input_folder: str, dataset_json: dict, contract: StageCon
         for path in files:
             check_gzip_complete(path)
             check_thick_slice_header(path, contract.slice_axis, contract.thick_spacing, contract.scale_factor, model)
+    for files in cases:  # voxels only once every header fits
+        for path in files:
+            check_finite_voxels(path)
     return len(cases)
 
 
@@ -314,6 +325,10 @@ def check_carried_sr_model(model_folder: str, folds: list[str], checkpoint_name:
         dataset_json = json.load(handle)
     for fold in folds:
         path = os.path.join(model_folder, f"fold_{fold}", checkpoint_name)
+        mismatch = hash_mismatch(path, print)
+        if mismatch:
+            raise RehrsegInputError(f"{path} is damaged ({mismatch}), so it is not used; restore it from the "
+                                    "training (or install the model again from its export) or train that fold again.")
         try:
             weights = torch.load(path, map_location="cpu", weights_only=False)["network_weights"]
         except (OSError, RuntimeError, EOFError, KeyError, ValueError) as error:
@@ -370,7 +385,8 @@ def _predict_guided(self, predict_method, bound: inspect.BoundArguments):
     from rehrseg_nnunet.sr.infer import SuperResolver
 
     resolver = SuperResolver.from_payload(payload, self.device, source=f"the SR model of {self.trainer_name}")
-    super_resolved = os.path.join(output, SUPER_RESOLVED_FOLDER)
+    remove_stale_work_folders(output)
+    super_resolved = os.path.join(output, f"{SUPER_RESOLVED_FOLDER}.{os.getpid()}")
     try:
         arguments["list_of_lists_or_source_folder"] = super_resolve_cases(
             cases, super_resolved, resolver, overwrite=True, progress=self.allow_tqdm)
@@ -378,6 +394,14 @@ def _predict_guided(self, predict_method, bound: inspect.BoundArguments):
         return predict_method(*bound.args, **bound.kwargs)
     finally:
         shutil.rmtree(super_resolved, ignore_errors=True)
+
+
+def remove_stale_work_folders(output: str) -> None:
+    """Delete the super-resolved work folders that killed predictions into ``output`` left (live ones stay)."""
+    for name in os.listdir(output) if os.path.isdir(output) else []:
+        pid = name[len(SUPER_RESOLVED_FOLDER) + 1:]
+        if name.startswith(SUPER_RESOLVED_FOLDER + ".") and pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(os.path.join(output, name), ignore_errors=True)
 
 
 def _refuse(error: RehrsegInputError, output) -> None:

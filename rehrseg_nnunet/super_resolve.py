@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from rehrseg_nnunet.dataset_io import check_gzip_complete, check_thick_slice_header, read_image
+from rehrseg_nnunet.dataset_io import check_finite_voxels, check_gzip_complete, check_thick_slice_header, read_image
 from rehrseg_nnunet.errors import RehrsegInputError
 from rehrseg_nnunet.file_writing import remove_stale_partial_files, write_image_atomically
 from rehrseg_nnunet.sr.infer import SuperResolver
@@ -57,13 +57,17 @@ def input_cases(input_folder: str, file_ending: str, num_channels: int) -> list[
 
 
 def check_cases_fit(cases: Sequence[Sequence[str]], resolver: SuperResolver, model: str) -> None:
-    """Every file must have the SR model's slice axis and slice spacing (rehrseg_predict's rule); headers only."""
+    """Every file must have the SR model's slice axis and slice spacing (rehrseg_predict's rule) and finite
+    voxels (NaN or Inf would spread through the SR network)."""
     config = resolver.config
     for files in cases:
         for path in files:
             check_gzip_complete(path)
             check_thick_slice_header(path, config.slice_axis, config.lr_spacing[config.slice_axis],
                                      config.scale_factor, model)
+    for files in cases:
+        for path in files:
+            check_finite_voxels(path, "super-resolving it")
 
 
 def is_complete_image(path: str) -> bool:

@@ -8,6 +8,10 @@ import os
 
 from rehrseg_nnunet.cli.common import run_cli
 from rehrseg_nnunet.errors import RehrsegInputError
+from rehrseg_nnunet.file_writing import hash_file, hash_mismatch, process_alive
+
+#: ending of the zip nnU-Net writes before it is renamed to ``-o`` (``NAME.zip.PID.partial``)
+PARTIAL_SUFFIX = ".partial"
 
 DESCRIPTION = """\
 Export a trained REHRSeg model as nnU-Net's model zip (install it elsewhere with
@@ -52,6 +56,50 @@ def check_exportable(dataset: str, configurations: list[str], trainer: str, plan
                     "validation summary" if missing[0].endswith(".json") and "validation" in missing[0]
                     else "train the requested folds (or pass the trained ones with -f)")
             raise RehrsegInputError(f"{missing[0]} is missing, so the export would be incomplete; {hint}.")
+        for path in needed:
+            mismatch = hash_mismatch(path, print) if path.endswith(".pth") else None
+            if mismatch:
+                raise RehrsegInputError(f"{path} is damaged ({mismatch}), so it is not exported; train that fold "
+                                        "again (or resume it with nnUNetv2_train ... --c) and export then.")
+
+
+def remove_stale_partial_zips(output: str) -> int:
+    """Delete the ``NAME.zip.PID.partial`` files that killed exports to ``output`` left (those of live
+    processes stay).
+
+    Args:
+        output: the export's ``-o`` zip file.
+
+    Returns:
+        How many were deleted.
+    """
+    folder, name = os.path.split(os.path.abspath(output))
+    removed = 0
+    for entry in os.listdir(folder) if os.path.isdir(folder) else []:
+        pid = entry[len(name) + 1: -len(PARTIAL_SUFFIX)]
+        if entry.startswith(name + ".") and entry.endswith(PARTIAL_SUFFIX) and pid.isdigit() \
+                and not process_alive(int(pid)):
+            os.remove(os.path.join(folder, entry))
+            removed += 1
+    return removed
+
+
+def add_checkpoint_hashes(zip_file: str, results: str, checkpoints: list[str]) -> None:
+    """Put the SHA-256 record of every exported checkpoint into the zip beside it, so an installed model is
+    verified as the trained one is.
+
+    Args:
+        zip_file: the exported zip.
+        results: nnUNet_results (the zip's paths are relative to it).
+        checkpoints: checkpoint file names that were exported.
+    """
+    import zipfile
+
+    with zipfile.ZipFile(zip_file, "a", zipfile.ZIP_DEFLATED) as archive:
+        for member in archive.namelist():
+            record = hash_file(os.path.join(results, member))
+            if os.path.basename(member) in checkpoints and os.path.isfile(record):
+                archive.write(record, member + os.path.basename(record)[len(os.path.basename(member)):])
 
 
 def run(args: argparse.Namespace) -> None:
@@ -68,11 +116,15 @@ def run(args: argparse.Namespace) -> None:
         raise RehrsegInputError(f"dataset {args.d} was not found under nnUNet_raw, nnUNet_preprocessed or "
                                 "nnUNet_results; pass the id or name the model was trained on.") from None
     check_exportable(dataset, args.c, args.tr, args.p, args.f, args.chk)
-    partial = f"{args.o}.{os.getpid()}.partial"
+    removed = remove_stale_partial_zips(args.o)
+    if removed:
+        print(f"removed {removed} partial zip(s) that an interrupted export to {args.o} left")
+    partial = f"{args.o}.{os.getpid()}{PARTIAL_SUFFIX}"
     try:
         export_pretrained_model(dataset, partial, configurations=args.c, trainer=args.tr, plans_identifier=args.p,
                                 folds=[f if f == "all" else int(f) for f in args.f], strict=True,
                                 save_checkpoints=args.chk, export_crossval_predictions=args.exp_cv_preds)
+        add_checkpoint_hashes(partial, os.environ["nnUNet_results"], args.chk)
         os.replace(partial, args.o)
     finally:
         if os.path.exists(partial):

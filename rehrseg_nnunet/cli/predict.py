@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 from rehrseg_nnunet.cli.common import run_cli
 from rehrseg_nnunet.errors import RehrsegInputError
@@ -124,11 +125,57 @@ def run(args: argparse.Namespace) -> None:
     check_carried_sr_model(folder, args.f, args.chk)
     existed = os.path.isdir(args.o)
     before = set(os.listdir(args.o)) if existed else set()
+    lock = claim_output_folder(args.o)
     try:
         run_nnunet_prediction(nnunet_argv(args), from_model_folder=bool(args.m))
     except BaseException:
+        os.remove(lock)
         remove_bookkeeping_files(args.o, existed, before)
         raise
+    os.remove(lock)
+
+
+#: hidden file in -o holding the PID of the rehrseg_predict run that predicts into it
+OUTPUT_LOCK = ".rehrseg_predict.lock"
+
+
+def claim_output_folder(output: str) -> str:
+    """One rehrseg_predict per output folder at a time (so a run's clean-up never meets another run's files);
+    the lock of a killed run does not block.
+
+    Args:
+        output: the -o folder (created).
+
+    Returns:
+        The lock file, to remove when the run ends.
+
+    Raises:
+        RehrsegInputError: a live process predicts into ``output``.
+    """
+    from rehrseg_nnunet.file_writing import process_alive
+
+    os.makedirs(output, exist_ok=True)
+    lock = os.path.join(output, OUTPUT_LOCK)
+    while True:
+        try:
+            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(lock) as existing:
+                    owner = int(existing.read().strip() or 0)
+                being_claimed = not owner and time.time() - os.path.getmtime(lock) < 10  # PID not written yet
+            except FileNotFoundError:
+                continue  # released meanwhile
+            except (OSError, ValueError):
+                owner, being_claimed = 0, False
+            if being_claimed or (owner and owner != os.getpid() and process_alive(owner)):
+                raise RehrsegInputError(f"{output} is being predicted into by process {owner} (lock {lock}); wait "
+                                        "for it to finish, or predict into another -o folder.") from None
+            os.remove(lock)  # left by a process that is gone
+            continue
+        with os.fdopen(handle, "w") as claimed:
+            claimed.write(str(os.getpid()))
+        return lock
 
 
 #: what nnU-Net's prediction writes into -o besides the segmentations

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import pickle
 import zipfile
@@ -14,8 +13,15 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from rehrseg_nnunet import __version__
+from rehrseg_nnunet.dataset_io import read_json_file
 from rehrseg_nnunet.errors import RehrsegInputError
-from rehrseg_nnunet.file_writing import write_atomically, write_json_atomically
+from rehrseg_nnunet.file_writing import (
+    file_sha256,
+    hash_mismatch,
+    write_atomically,
+    write_checkpoint_bytes,
+    write_json_atomically,
+)
 
 STAGES = ("1a", "1b", "1c")
 CONFIG_FILE = "config.json"
@@ -97,14 +103,11 @@ class SRConfig:
     @classmethod
     def load(cls, folder: str) -> SRConfig:
         path = os.path.join(folder, CONFIG_FILE)
-        if not os.path.isfile(path):
-            raise RehrsegInputError(f"{path} is missing: {folder} is not an SR model folder; run rehrseg_train_sr "
-                                    "first.")
+        data = read_json_file(path, f"{folder} is not an SR model folder; run rehrseg_train_sr first",
+                              "restore the file written by rehrseg_train_sr or retrain the model")
         try:
-            with open(path) as handle:
-                data = json.load(handle)
             return cls(**data)
-        except (ValueError, TypeError) as error:
+        except TypeError as error:
             raise RehrsegInputError(f"{path} is not a valid SR model config ({error}); restore the file written by "
                                     f"rehrseg_train_sr or retrain the model.") from None
 
@@ -124,15 +127,6 @@ def latest_checkpoint(model_folder: str, stage: str) -> str:
 def previous_checkpoint(model_folder: str, stage: str) -> str:
     """The latest checkpoint before the current one (kept when a new latest is written)."""
     return os.path.join(stage_dir(model_folder, stage), "checkpoint_previous.pth")
-
-
-def file_sha256(path: str) -> str:
-    """SHA-256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def checkpoint_sha256(model_folder: str, stage: str) -> str:
@@ -177,7 +171,7 @@ def final_checkpoint_recovery(model_folder: str, stage: str) -> str:
     retrain."""
     latest = latest_checkpoint(model_folder, stage)
     finished = False
-    if os.path.isfile(latest):
+    if os.path.isfile(latest) and hash_mismatch(latest) is None:
         try:
             checkpoint = read_checkpoint(latest, "")
             finished = checkpoint["step"] == checkpoint["steps"]
@@ -274,3 +268,18 @@ def select_device(name: str | None = None) -> torch.device:
 def atomic_save(obj: object, path: str) -> None:
     """torch.save to a temporary name and rename, so an interrupted write never leaves a corrupt file."""
     write_atomically(path, lambda handle: torch.save(obj, handle))
+
+
+def save_checkpoint_with_hash(obj: object, path: str) -> str:
+    """torch.save of a checkpoint, written atomically with its SHA-256 record (``NAME.pth.sha256``).
+
+    Args:
+        obj: the checkpoint.
+        path: where it goes.
+
+    Returns:
+        The SHA-256.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return write_checkpoint_bytes(path, buffer.getvalue())

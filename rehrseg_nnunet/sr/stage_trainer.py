@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from rehrseg_nnunet.errors import RehrsegInputError
-from rehrseg_nnunet.file_writing import keep_as_previous
+from rehrseg_nnunet.file_writing import hash_mismatch, keep_as_previous, promote_checkpoint
 from rehrseg_nnunet.sr.config import (
     STAGES,
     SRConfig,
@@ -21,6 +21,7 @@ from rehrseg_nnunet.sr.config import (
     latest_checkpoint,
     previous_checkpoint,
     read_checkpoint,
+    save_checkpoint_with_hash,
     save_final_checkpoint,
     stage_dir,
 )
@@ -148,7 +149,7 @@ class StageTrainer:
         self.step = checkpoint["step"]
         latest = latest_checkpoint(self.model_folder, self.stage)
         if path != latest:  # the good previous checkpoint becomes the latest (replacing an unreadable one)
-            os.replace(path, latest)
+            promote_checkpoint(path, latest)
         self.log(f"stage {self.stage}: resumed from step {self.step} of {self.steps}")
 
     def _save_latest(self) -> None:
@@ -157,7 +158,7 @@ class StageTrainer:
         checkpoint.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict())
         latest = latest_checkpoint(self.model_folder, self.stage)
         keep_as_previous(latest, previous_checkpoint(self.model_folder, self.stage))  # latest is never absent
-        atomic_save(checkpoint, latest)
+        save_checkpoint_with_hash(checkpoint, latest)
 
     def run(self, loss_fn) -> None:
         os.makedirs(stage_dir(self.model_folder, self.stage), exist_ok=True)
@@ -194,15 +195,29 @@ class StageTrainer:
 LATEST_KEYS = ("model", "network", "network_kwargs", "step", "steps", "optimizer", "scheduler")
 
 
+def verified_checkpoint(path: str, fix: str, log=None) -> dict:
+    """:func:`read_checkpoint` of a latest checkpoint after checking it against its SHA-256 record (a checkpoint
+    without one, written before records were, loads unverified: ``log`` is told once).
+
+    Raises:
+        RehrsegInputError: damaged (SHA-256 differs), truncated or unreadable; the message names ``fix``.
+    """
+    mismatch = hash_mismatch(path, log)
+    if mismatch:
+        raise RehrsegInputError(f"{path} cannot be trusted ({mismatch}); {fix}.")
+    return read_checkpoint(path, fix, LATEST_KEYS)
+
+
 def resumable_checkpoint(model_folder: str, stage: str, log=None) -> tuple[dict | None, str]:
     """The checkpoint ``--continue`` resumes a stage from: checkpoint_latest.pth, else checkpoint_previous.pth
-    (kept when a new latest is written) when the latest is unreadable or missing.
+    (kept when a new latest is written) when the latest is damaged (its SHA-256 differs from its record),
+    unreadable or missing.
 
     Returns:
         (checkpoint, its path), or (None, "") when the stage has not written a checkpoint yet.
 
     Raises:
-        RehrsegInputError: the latest checkpoint is unreadable and there is no readable previous one.
+        RehrsegInputError: the latest checkpoint is damaged or unreadable and there is no verified previous one.
     """
     latest, previous = latest_checkpoint(model_folder, stage), previous_checkpoint(model_folder, stage)
     fix = (f"delete it and re-run rehrseg_train_sr --continue with the same options to restart stage {stage} from "
@@ -210,20 +225,20 @@ def resumable_checkpoint(model_folder: str, stage: str, log=None) -> tuple[dict 
     if not os.path.isfile(latest):
         if not os.path.isfile(previous):
             return None, ""
-        checkpoint = read_checkpoint(previous, fix, LATEST_KEYS)  # a run stopped while replacing the latest
-        return checkpoint, previous
+        return verified_checkpoint(previous, fix, log), previous  # a run stopped while replacing the latest
     try:
-        return read_checkpoint(latest, fix, LATEST_KEYS), latest
+        return verified_checkpoint(latest, fix, log), latest
     except RehrsegInputError as error:
         if not os.path.isfile(previous):
             raise
         try:
-            checkpoint = read_checkpoint(previous, fix, LATEST_KEYS)
+            checkpoint = verified_checkpoint(previous, fix, log)
         except RehrsegInputError:
             raise error from None
         if log is not None:
-            log(f"stage {stage}: {latest} is truncated or unreadable; resuming from {previous} "
-                f"(step {checkpoint['step']}) instead")
+            why = "damaged (its SHA-256 differs from its record)" if hash_mismatch(latest) else \
+                "truncated or unreadable"
+            log(f"stage {stage}: {latest} is {why}; resuming from {previous} (step {checkpoint['step']}) instead")
         return checkpoint, previous
 
 

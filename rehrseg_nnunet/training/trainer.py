@@ -27,7 +27,15 @@ from torch.profiler import record_function
 from rehrseg_nnunet.contract import StageContract
 from rehrseg_nnunet.degradation import centre_slice_labels, labels_to_lr_tensor
 from rehrseg_nnunet.errors import RehrsegInputError
-from rehrseg_nnunet.file_writing import TEMPORARY_SUFFIX, keep_as_previous, process_alive
+from rehrseg_nnunet.file_writing import (
+    TEMPORARY_SUFFIX,
+    hash_mismatch,
+    keep_as_previous,
+    process_alive,
+    promote_checkpoint,
+    publish_checkpoint,
+    remove_checkpoint,
+)
 from rehrseg_nnunet.losses import (
     UncertaintyWeightedCE,
     UncertaintyWeightedCEAndDice,
@@ -224,10 +232,11 @@ class REHRSegTrainer(nnUNetTrainer):
         self._use_fused_update(self.optimizer)
         self._apply_fine_tuning_state()
 
-    # --- crash safety: atomic checkpoints, the previous one kept, one training per fold -------------------
+    # --- crash safety: atomic checkpoints with SHA-256 records, the previous one kept, one training per fold ------
     def save_checkpoint(self, filename: str) -> None:
-        """nnU-Net's checkpoint, written to a temporary name and renamed (a kill never leaves a truncated one);
-        the replaced ``checkpoint_latest.pth`` is kept as ``checkpoint_previous.pth`` for :meth:`load_checkpoint`."""
+        """nnU-Net's checkpoint, written to a temporary name and renamed with its SHA-256 record (a kill never
+        leaves a truncated one); the replaced ``checkpoint_latest.pth`` is kept as ``checkpoint_previous.pth`` for
+        :meth:`load_checkpoint`. A failed write (a full disk) is one line; the last complete checkpoint stays."""
         partial = f"{filename}.{os.getpid()}{TEMPORARY_SUFFIX}"
         try:
             super().save_checkpoint(partial)
@@ -235,26 +244,45 @@ class REHRSegTrainer(nnUNetTrainer):
                 return
             if os.path.basename(filename) == LATEST_CHECKPOINT:
                 keep_as_previous(filename, os.path.join(os.path.dirname(filename), PREVIOUS_CHECKPOINT))
-            os.replace(partial, filename)
+            publish_checkpoint(partial, filename)
+        except (OSError, RuntimeError, RehrsegInputError) as error:
+            if isinstance(error, RuntimeError) and "writ" not in str(error):
+                raise  # not a failed write (torch.save reports a short one as RuntimeError "... file write failed")
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else "the write stopped part-way"
+            folder = os.path.dirname(os.path.abspath(filename))
+            fail(f"could not write {os.path.basename(filename)} in {folder} ({reason}); the last complete checkpoint "
+                 f"there is kept: free disk space in {folder}, then resume with nnUNetv2_train ... --c.")
         finally:
             if os.path.exists(partial):
                 os.remove(partial)
 
-    def _readable_checkpoint(self, path: str) -> str:
-        """``path`` when it loads; for an unreadable checkpoint_latest.pth the previous one when that loads (nnU-Net's
-        load_checkpoint takes a file name); otherwise one line saying what to do."""
+    def _checkpoint_problem(self, path: str) -> str | None:
+        """Why a checkpoint must not be loaded: damaged (its SHA-256 differs from its record) or unreadable;
+        None when it may (a checkpoint without a record loads unverified, said once)."""
+        mismatch = hash_mismatch(path, lambda line: self.print_to_log_file(line, also_print_to_console=True))
+        if mismatch:
+            return f"damaged ({mismatch})"
         reason = _unreadable(path)
-        if reason is None:
+        return None if reason is None else f"unreadable ({reason})"
+
+    def _readable_checkpoint(self, path: str) -> str:
+        """``path`` when it verifies and loads; for a damaged or unreadable checkpoint_latest.pth the previous one
+        when that does (moved over the latest, so it is never kept as a previous one; nnU-Net's load_checkpoint
+        takes a file name); otherwise one line saying what to do."""
+        problem = self._checkpoint_problem(path)
+        if problem is None:
             return path
         previous = os.path.join(os.path.dirname(path), PREVIOUS_CHECKPOINT)
-        if os.path.basename(path) == LATEST_CHECKPOINT and os.path.isfile(previous) and _unreadable(previous) is None:
-            self.print_to_log_file(f"{path} is unreadable ({reason}); resuming from {previous}",
+        if os.path.basename(path) == LATEST_CHECKPOINT and os.path.isfile(previous) \
+                and self._checkpoint_problem(previous) is None:
+            self.print_to_log_file(f"{path} is {problem}; resuming from {previous} instead (verified)",
                                    also_print_to_console=True)
-            return previous
+            promote_checkpoint(previous, path)
+            return path
         best = os.path.join(os.path.dirname(path), "checkpoint_best.pth")
         fix = (f"delete it and run again with --c to resume from {best}" if os.path.isfile(best) and path != best
                else "delete it and train the fold again without --c")
-        fail(f"{path} is unreadable ({reason}); {fix}.")
+        fail(f"{path} is {problem}; {fix}.")
 
     def _claim_fold(self) -> None:
         """One training per output folder: a second one is refused; the lock of a dead process does not block."""
@@ -284,10 +312,10 @@ class REHRSegTrainer(nnUNetTrainer):
 
     def on_train_end(self) -> None:
         super().on_train_end()
-        for name in (PREVIOUS_CHECKPOINT, TRAINING_LOCK):
-            path = os.path.join(self.output_folder, name)
-            if self.local_rank == 0 and os.path.isfile(path):
-                os.remove(path)
+        if self.local_rank != 0:
+            return
+        for name in (PREVIOUS_CHECKPOINT, LATEST_CHECKPOINT, TRAINING_LOCK):  # nnU-Net removed the latest itself
+            remove_checkpoint(os.path.join(self.output_folder, name))
 
     def _unwrapped(self) -> REHRSegUNet:
         return unwrap(self.network)
