@@ -118,7 +118,9 @@ def run(args: argparse.Namespace) -> None:
         run_nnunet_prediction,
     )
 
+    chosen = "" if args.device else " (the first available of cuda, mps, cpu; -device picks one)"
     args.device = select_device(args.device).type  # one line for an absent GPU, before anything is written
+    print(f"rehrseg_predict: predicting on {args.device}{chosen}", flush=True)
     folder = model_folder(args)
     check_rehrseg_model(folder)
     check_prediction_inputs(args.i, folder, args.c)
