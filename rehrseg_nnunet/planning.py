@@ -28,14 +28,46 @@ from rehrseg_nnunet.file_writing import save_npy_atomically, write_json_atomical
 PLANS_NAME = "REHRSegPlans"
 NETWORK_CLASS = "rehrseg_nnunet.network.REHRSegUNet"
 UNCERTAINTY_SUFFIX = "_uncertainty.npy"
+#: appended to a preprocessed data folder's path: where rehrseg_plan keeps its uncertainty maps (nnU-Net's
+#: preprocessing deletes the data folder itself, so maps inside it would not survive nnUNetv2_plan_and_preprocess)
+UNCERTAINTY_FOLDER_SUFFIX = "_rehrseg_uncertainty"
 
 
-def lr_topology(hr_spacing: list[float], hr_patch: list[int], scale_factor: int) -> dict:
+def uncertainty_folder_of(data_folder: str) -> str:
+    """The folder of the preprocessed uncertainty maps that belong to a preprocessed data folder (its sibling)."""
+    return os.path.normpath(data_folder) + UNCERTAINTY_FOLDER_SUFFIX
+
+
+def lr_topology(hr_spacing: list[float], hr_patch: list[int], scale_factor: int, nearest: bool = False) -> dict:
     """U-Net topology for the LR patch (axis 0 = slice axis) from nnU-Net's own helper.
+
+    Args:
+        nearest: round each axis of ``hr_patch`` to the nearest valid size (a requested patch); otherwise the slice
+            axis is floored to whole thick slices and nnU-Net's helper pads every axis up (the default patch).
 
     Returns:
         dict with ``lr_spacing``, ``lr_patch_size``, ``hr_patch_size``, ``kernel_sizes`` and ``strides``.
     """
+    topology = helper_topology(hr_spacing, hr_patch, scale_factor)
+    if not nearest:
+        return topology
+    multiples = patch_multiples(topology["strides"], scale_factor)
+    candidate = [max(m, int(np.floor(p / m + 0.5)) * m) for p, m in zip(hr_patch, multiples, strict=True)]
+    if candidate == topology["hr_patch_size"]:
+        return topology
+    # the rounded patch may pool a different number of times; nnU-Net's helper then decides, as for any patch
+    return helper_topology(hr_spacing, candidate, scale_factor)
+
+
+def patch_multiples(strides: list[list[int]], scale_factor: int) -> list[int]:
+    """What each axis of the HR patch must be a multiple of: r x 2^poolings along the slice axis (whole thick
+    slices, pooled by the U-Net), 2^poolings in-plane."""
+    factors = [int(np.prod([stride[axis] for stride in strides])) for axis in range(len(strides[0]))]
+    return [scale_factor * factors[0], *factors[1:]]
+
+
+def helper_topology(hr_spacing: list[float], hr_patch: list[int], scale_factor: int) -> dict:
+    """:func:`lr_topology` as nnU-Net's helper gives it: slice axis floored to whole thick slices, axes padded up."""
     from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
 
     lr_spacing = [hr_spacing[0] * scale_factor, *hr_spacing[1:]]
@@ -176,10 +208,8 @@ def make_rehrseg_plans(plans: dict, dataset_json: dict, patch_size: list[int] | 
         normalisation = {key: lr_plans["configurations"]["3d_fullres"][key]
                          for key in ("normalization_schemes", "use_mask_for_norm")}
     else:
-        if patch_size is None:
-            patch_size = [stock["patch_size"][transpose_forward.index(a)] for a in plans["transpose_forward"]] \
-                if plans["transpose_forward"] != transpose_forward else list(stock["patch_size"])
-        topology = lr_topology(spacing, list(patch_size), r)
+        requested, patch_size = patch_size is not None, patch_size or default_patch(plans, transpose_forward)
+        topology = lr_topology(spacing, list(patch_size), r, nearest=requested)
         normalisation = {"normalization_schemes": stock["normalization_schemes"],
                          "use_mask_for_norm": [bool(use_mask_for_norm and m) for m in stock["use_mask_for_norm"]]}
     config = copy.deepcopy(stock)
@@ -199,6 +229,14 @@ def make_rehrseg_plans(plans: dict, dataset_json: dict, patch_size: list[int] | 
                               "_kw_requires_import": stock["architecture"]["_kw_requires_import"]}
     config[CONTRACT_KEY] = contract.for_plans(topology["lr_patch_size"])
     return transposed_plans(plans, transpose_forward, config)
+
+
+def default_patch(plans: dict, transpose_forward: list[int]) -> list[int]:
+    """nnU-Net's 3d_fullres patch of the stock plans, on REHRSeg's axis order."""
+    stock = plans["configurations"]["3d_fullres"]["patch_size"]
+    if plans["transpose_forward"] == transpose_forward:
+        return list(stock)
+    return [stock[transpose_forward.index(a)] for a in plans["transpose_forward"]]
 
 
 def separate_z_resampling(stock: dict) -> dict:
@@ -239,7 +277,8 @@ def transposed_plans(plans: dict, transpose_forward: list[int], config: dict) ->
 def preprocess_uncertainty(uncertainty_folder: str, preprocessed_folder: str, plans: dict, file_ending: str,
                            overwrite: bool = False) -> int:
     """Crop and resample each uncertainty map of ``uncertainty_folder`` (the raw dataset's ``uncertaintyTr``)
-    exactly as nnU-Net did the case's image; save float16 .npy.
+    exactly as nnU-Net did the case's image; save float16 .npy in :func:`uncertainty_folder_of` the data folder.
+    A map older than its case's preprocessed properties or its raw map is redone.
 
     Returns:
         The number of maps written.
@@ -251,13 +290,14 @@ def preprocess_uncertainty(uncertainty_folder: str, preprocessed_folder: str, pl
     written = 0
     transpose = plans["transpose_forward"]
     for identifier in tqdm(identifiers, desc="uncertainty maps", unit="case", dynamic_ncols=True):
-        target = os.path.join(preprocessed_folder, identifier + UNCERTAINTY_SUFFIX)
-        if os.path.isfile(target) and not overwrite:
-            continue
+        target = os.path.join(uncertainty_folder_of(preprocessed_folder), identifier + UNCERTAINTY_SUFFIX)
         source = os.path.join(uncertainty_folder, identifier + file_ending)
         if not os.path.isfile(source):
             raise RehrsegInputError(f"{source} is missing; re-run rehrseg_make_pseudohr for this dataset.")
-        with open(os.path.join(preprocessed_folder, identifier + ".pkl"), "rb") as handle:
+        properties_file = os.path.join(preprocessed_folder, identifier + ".pkl")
+        if not overwrite and is_up_to_date(target, properties_file, source):
+            continue
+        with open(properties_file, "rb") as handle:
             properties = pickle.load(handle)
         array, raw_properties = SimpleITKIO().read_images([source])
         array = array.transpose([0, *[a + 1 for a in transpose]])
@@ -272,9 +312,15 @@ def preprocess_uncertainty(uncertainty_folder: str, preprocessed_folder: str, pl
         if tuple(new_shape) != tuple(array.shape[1:]):
             array = resample_data_or_seg_to_shape(array, new_shape, original_spacing, target_spacing, is_seg=False,
                                                   order=1, order_z=0, force_separate_z=None)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
         save_npy_atomically(target, np.clip(array, 0, 1).astype(np.float16))
         written += 1
     return written
+
+
+def is_up_to_date(target: str, *inputs: str) -> bool:
+    """Whether ``target`` exists and is not older than any of ``inputs``."""
+    return os.path.isfile(target) and all(os.path.getmtime(target) >= os.path.getmtime(path) for path in inputs)
 
 
 def plan_dataset(dataset: str, source_plans: str = "nnUNetPlans", patch_size: list[int] | None = None,
@@ -305,7 +351,7 @@ def plan_dataset(dataset: str, source_plans: str = "nnUNetPlans", patch_size: li
     dataset_json_path = os.path.join(nnUNet_raw, name, "dataset.json")
     dataset_json = read_json_file(dataset_json_path, "fix the file (nnU-Net's dataset.json format)")
     contract = StageContract.from_dataset_json(dataset_json, dataset_json_path)
-    teacher_channels = teacher_feature_channels(contract)
+    teacher_channels = teacher_feature_channels(contract, os.path.join(folder, PLANS_NAME + ".json"))
     lr_plans_dict = None
     if lr_plans is not None:
         if patch_size is not None:
@@ -333,21 +379,41 @@ def plan_dataset(dataset: str, source_plans: str = "nnUNetPlans", patch_size: li
     lr_patch = list(config[CONTRACT_KEY]["lr_patch_size"])
     print(f"rehrseg_plan: wrote {path} (HR patch {config['patch_size']}, LR patch {lr_patch}, "
           f"r = {contract.scale_factor}); train with "
-          f"nnUNetv2_train {name[7:10]} 3d_fullres FOLD -tr REHRSegTrainer -p {PLANS_NAME}")
+          f"nnUNetv2_train {name[7:10]} 3d_fullres FOLD -tr REHRSegTrainer -p {PLANS_NAME}{ext_trainer_hint()}")
     return path
 
 
+def ext_trainer_hint() -> str:
+    """What the closing line must add for nnUNetv2_train to find REHRSegTrainer: nothing when the installed start-up
+    hook put the trainer folder on ``nnUNet_extTrainer``, else the export line."""
+    from rehrseg_nnunet.training import EXT_TRAINER_FOLDER
+
+    paths = [os.path.normpath(p) for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p.strip()]
+    if os.path.normpath(EXT_TRAINER_FOLDER) in paths:
+        return ""
+    return (f" after export nnUNet_extTrainer={EXT_TRAINER_FOLDER} (REHRSeg's start-up hook, installed by pip, is "
+            f"off or missing here)")
+
+
 def patch_rounding_note(requested: list[int], config: dict, scale_factor: int) -> str:
-    """The line saying how ``--patch_size`` was rounded, and why: along the slice axis the HR patch holds whole thick
-    slices (r HR slices each) and the LR patch is pooled by 2 at each of the U-Net's slice-axis poolings, so it is a
-    multiple of r x 2^poolings; in-plane, a multiple of 2^poolings."""
-    strides = np.asarray(config["architecture"]["arch_kwargs"]["strides"], dtype=int)
-    factors = [int(np.prod(strides[:, axis])) for axis in range(strides.shape[1])]
-    poolings = int(round(np.log2(factors[0]))) if factors[0] > 0 else 0
-    return (f"rehrseg_plan: rounded the requested patch {requested} to {list(config['patch_size'])} (slice axis "
-            f"first): along the slice axis the HR patch must be a multiple of r x 2^poolings = {scale_factor} x "
-            f"2^{poolings} = {scale_factor * factors[0]} (whole thick slices, pooled {poolings} time(s) by the "
-            f"U-Net), in-plane multiples of {factors[1]} and {factors[2]} (2^poolings each; nnU-Net's topology rule)")
+    """The line saying how ``--patch_size`` was rounded, axis by axis, and why: each axis goes to the nearest valid
+    size; along the slice axis the HR patch holds whole thick slices (r HR slices each) and the LR patch is pooled
+    by 2 at each of the U-Net's slice-axis poolings, so it is a multiple of r x 2^poolings; in-plane, a multiple of
+    2^poolings (nnU-Net's topology rule)."""
+    strides = config["architecture"]["arch_kwargs"]["strides"]
+    multiples = patch_multiples(strides, scale_factor)
+    poolings = int(round(np.log2(multiples[0] // scale_factor)))
+    patch = list(config["patch_size"])
+
+    def axis(name: str, index: int, rule: str) -> str:
+        change = "kept" if requested[index] == patch[index] else f"{requested[index]} -> {patch[index]}"
+        return f"{name} {change} ({rule})"
+
+    slice_rule = (f"a multiple of r x 2^poolings = {scale_factor} x 2^{poolings} = {multiples[0]}: whole thick "
+                  f"slices, pooled {poolings} time(s) by the U-Net")
+    in_plane = [axis(f"in-plane axis {i}", i, f"a multiple of 2^poolings = {multiples[i]}") for i in (1, 2)]
+    return (f"rehrseg_plan: rounded the requested patch {requested} to {patch} (slice axis first), each axis to the "
+            f"nearest valid size: " + "; ".join([axis("slice axis", 0, slice_rule), *in_plane]))
 
 
 def check_uncertainty_maps(raw_folder: str, contract: StageContract, file_ending: str, dataset: str) -> None:
@@ -409,14 +475,35 @@ def plan_changes(path: str, new_plans: dict) -> list[str] | None:
     return changes
 
 
-def teacher_feature_channels(contract: StageContract) -> int:
-    """Channels of the SR teacher's stride-2 encoder features."""
+def teacher_feature_channels(contract: StageContract, plans_path: str) -> int:
+    """Channels of the SR teacher's stride-2 encoder features, which size the network's distillation projection.
+
+    Only this needs the SR model folder. Without it, the width that an existing ``plans_path`` (REHRSegPlans.json)
+    recorded is kept and a line says so (to change only the patch, say); without either, one line says why the
+    model is needed.
+    """
     from rehrseg_nnunet.sr.config import SRConfig
 
     folder = contract.resolved_sr_model_folder()
-    if not folder or not os.path.isdir(folder):
+    if folder and os.path.isdir(folder):
+        return int(SRConfig.load(folder).settings["slice_net"]["widths"][0])
+    recorded = recorded_distillation_channels(plans_path)
+    if recorded is None:
         raise RehrsegInputError(
-            f"The SR model folder {folder} recorded in the dataset's rehrseg block is missing; restore it or re-run "
-            f"rehrseg_make_pseudohr with -m pointing to the model."
-        )
-    return int(SRConfig.load(folder).settings["slice_net"]["widths"][0])
+            f"The SR model folder {folder} recorded in the dataset's rehrseg block is missing, and the first "
+            f"rehrseg_plan needs it: the width of its features sets the network's distillation projection; restore "
+            f"it or re-run rehrseg_make_pseudohr with -m pointing to the model.")
+    print(f"rehrseg_plan: the SR model folder {folder} is missing; kept the distillation width {recorded} that "
+          f"{plans_path} recorded (training with distillation still needs the SR model; REHRSegTrainer_noDistill "
+          f"does not)")
+    return recorded
+
+
+def recorded_distillation_channels(plans_path: str) -> int | None:
+    """``distillation_channels`` of an existing REHRSegPlans.json (None when there is no readable one)."""
+    try:
+        with open(plans_path) as handle:
+            arch = json.load(handle)["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+        return int(arch["distillation_channels"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -174,14 +174,46 @@ def test_plan_checks_the_uncertainty_maps_before_writing(pseudohr_planned, missi
 
 
 def test_plan_says_when_it_rounds_the_requested_patch(pseudohr_planned):
-    result = run_script("rehrseg_plan", [*PLAN_ARGS, "--patch_size", "30", "32", "32"], pseudohr_planned["env"])
+    """Each axis to the nearest valid size, said per axis: 30 -> 32 along the slice axis (not down to 28), 60 -> 64."""
+    result = run_script("rehrseg_plan", [*PLAN_ARGS, "--patch_size", "30", "60", "60"], pseudohr_planned["env"])
     assert_ok(result)
     plans = json.loads((pseudohr_planned["preprocessed"] / "REHRSegPlans.json").read_text())
     patch = plans["configurations"]["3d_fullres"]["patch_size"]
-    assert patch != [30, 32, 32] and patch[0] % 4 == 0
+    assert patch == [32, 64, 64], patch
     notes = [line for line in result.stdout.splitlines() if "rounded the requested patch" in line]
     assert len(notes) == 1, result.stdout[-2000:]
-    assert f"[30, 32, 32] to {patch}" in notes[0] and "multiple of r x 2^poolings = 4 x 2^" in notes[0]
+    assert f"[30, 60, 60] to {patch}" in notes[0] and "multiple of r x 2^poolings = 4 x 2^" in notes[0]
+    assert "slice axis 30 -> 32" in notes[0] and "in-plane axis 1 60 -> 64" in notes[0], notes[0]
+    assert "in-plane axis 2 60 -> 64" in notes[0]
     again = run_script("rehrseg_plan", [*PLAN_ARGS, "--patch_size", *map(str, patch)], pseudohr_planned["env"])
     assert_ok(again)
     assert "rounded the requested patch" not in again.stdout
+
+
+def test_plan_needs_the_sr_model_only_the_first_time(pseudohr_planned):
+    """Re-planning (a new patch) keeps the distillation width the plans recorded; the first plan says why it needs
+    the SR model, in one line, and writes nothing."""
+    sr_model = os.path.join(pseudohr_planned["env"]["nnUNet_results"], "Dataset502_Phantom", "rehrseg_sr")
+    plans_file = pseudohr_planned["preprocessed"] / "REHRSegPlans.json"
+    assert_ok(run_script("rehrseg_plan", [*PLAN_ARGS, "--patch_size", "16", "32", "32"], pseudohr_planned["env"]))
+    width = json.loads(plans_file.read_text())["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"][
+        "distillation_channels"]
+    assert width > 0
+    os.replace(sr_model, sr_model + "_moved")
+    try:
+        replanned = run_script("rehrseg_plan", [*PLAN_ARGS, "--patch_size", "16", "64", "64"], pseudohr_planned["env"])
+        assert_ok(replanned)
+        config = json.loads(plans_file.read_text())["configurations"]["3d_fullres"]
+        assert config["patch_size"] == [16, 64, 64]
+        assert config["architecture"]["arch_kwargs"]["distillation_channels"] == width
+        assert f"kept the distillation width {width}" in replanned.stdout, replanned.stdout[-2000:]
+        os.replace(plans_file, str(plans_file) + ".moved")
+        before = tree_digest(pseudohr_planned["preprocessed"])
+        first = run_script("rehrseg_plan", [*PLAN_ARGS, "--patch_size", "16", "32", "32"], pseudohr_planned["env"])
+        assert_one_line_error(first, "rehrseg_plan: error:", "rehrseg_sr", "distillation projection",
+                              "rehrseg_make_pseudohr with -m")
+        assert tree_digest(pseudohr_planned["preprocessed"]) == before
+    finally:
+        os.replace(sr_model + "_moved", sr_model)
+        if os.path.isfile(str(plans_file) + ".moved"):
+            os.replace(str(plans_file) + ".moved", plans_file)

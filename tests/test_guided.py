@@ -90,6 +90,8 @@ def test_installed_model_validates_and_predicts_with_both_predictors_on_exact_gr
     summary = json.loads((guided["installed_model"] / "fold_all" / "validation" / "summary.json").read_text())
     assert summary["foreground_mean"]["Dice"] >= 0  # a real validation, not the skipped stub
     assert_ok(guided["hr_run"])
+    assert guided["hr_run"].stdout.splitlines()[0] == (
+        "rehrseg_predict: predicting on cpu (the first available of cuda, mps, cpu; -device picks one)")
     assert_ok(guided["lr_run"])
     for case in ("case000", "case001"):
         lr = sitk.ReadImage(str(guided["lr_inputs"] / f"{case}_0000.nii.gz"))
@@ -245,6 +247,18 @@ def test_a_second_training_of_a_fold_is_refused_and_a_dead_lock_does_not_block(g
     assert (fold / "checkpoint_final.pth").is_file() and not (fold / ".rehrseg_training.lock").exists()
 
 
+def test_rehrseg_predict_names_its_device_first(tmp_path, capsys):
+    from rehrseg_nnunet.cli.predict import main
+
+    (tmp_path / "in").mkdir()
+    with pytest.raises(SystemExit):
+        main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(tmp_path / "no_model"),
+              "-device", "cpu"])
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0] == "rehrseg_predict: predicting on cpu"
+    assert "rehrseg_predict: error:" in captured.err
+
+
 # --- rehrseg_super_resolve ------------------------------------------------------------------------------------
 def test_super_resolve_writes_the_hr_grid_and_skips_finished_cases(guided, tmp_path):
     model = str(guided["root"] / "sr_model_moved_away")
@@ -261,7 +275,10 @@ def test_super_resolve_writes_the_hr_grid_and_skips_finished_cases(guided, tmp_p
     again = run_script("rehrseg_super_resolve", ["-i", str(guided["lr_inputs"]), "-o", str(out), "-m", model,
                                                  "--save_uncertainty", "-device", "cpu"], guided["env"])
     assert_ok(again)
-    assert "2 of 2 case(s) were already super-resolved" in again.stdout
+    assert "2 case(s) super-resolved into" in first.stdout and "already" not in first.stdout
+    notes = [line for line in again.stdout.splitlines() if "super-resolved" in line]
+    assert len(notes) == 1 and "0 case(s) super-resolved into" in notes[0], again.stdout  # one truthful message
+    assert "2 of 2 case(s) were already super-resolved" in notes[0]
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()} == stamps
 
 

@@ -64,8 +64,8 @@ def test_plans_describe_the_lr_topology_and_hr_patch(pipeline):
     assert config["resampling_fn_data_kwargs"]["force_separate_z"] is True
     assert config["resampling_fn_data_kwargs"]["order_z"] == 0
     assert plans["transpose_forward"][0] == 0  # slice axis z (numpy axis 0) first
-    uncertainty = np.load(pipeline["root"] / "preprocessed" / "Dataset612_PhantomPseudoHR" / config["data_identifier"]
-                          / "case000_uncertainty.npy")
+    uncertainty = np.load(pipeline["root"] / "preprocessed" / "Dataset612_PhantomPseudoHR"
+                          / f"{config['data_identifier']}_rehrseg_uncertainty" / "case000_uncertainty.npy")
     assert uncertainty.dtype == np.float16 and 0 <= uncertainty.min() and uncertainty.max() <= 1
     assert "train with nnUNetv2_train 612" in pipeline["plan"].stdout
 

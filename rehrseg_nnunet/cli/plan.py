@@ -10,7 +10,10 @@ DESCRIPTION = (
     "Derive REHRSegPlans (REHRSegUNet, LR topology, separate-z nearest resampling along the slice "
     "axis) from nnUNetPlans of a pseudo-HR dataset, and preprocess its uncertainty maps. Run after "
     "nnUNetv2_plan_and_preprocess; then nnUNetv2_train D 3d_fullres F -tr REHRSegTrainer -p "
-    "REHRSegPlans."
+    "REHRSegPlans (pip install put REHRSeg's trainer folder on nnUNet_extTrainer; REHRSEG_NO_EXT_TRAINER=1 "
+    "turns that off). The SR model folder is needed the first time only (its feature width sets the "
+    "network's distillation projection); re-planning keeps the width already recorded. The uncertainty maps "
+    "go beside the preprocessed data folder, where re-running nnUNetv2_plan_and_preprocess leaves them."
 )
 
 

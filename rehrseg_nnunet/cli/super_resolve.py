@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
+from collections.abc import Iterator
 
 from rehrseg_nnunet.cli.common import run_cli
 from rehrseg_nnunet.errors import RehrsegInputError
@@ -68,9 +71,39 @@ def run(args: argparse.Namespace) -> None:
     check_cases_fit(cases, resolver, f"the SR model in {folder}")
     if os.path.abspath(args.o) == os.path.abspath(args.i):
         raise RehrsegInputError(f"-o {args.o} is the input folder; write the pseudo-HR images to another folder.")
-    super_resolve_cases(cases, args.o, resolver, uncertainty=args.save_uncertainty, overwrite=args.overwrite,
-                        progress=not args.disable_progress_bar)
-    print(f"{len(cases)} case(s) super-resolved into {args.o} (r = {resolver.config.scale_factor})")
+    before = output_stamps(cases, args.o)
+    with one_closing_message():
+        super_resolve_cases(cases, args.o, resolver, uncertainty=args.save_uncertainty, overwrite=args.overwrite,
+                            progress=not args.disable_progress_bar)
+    after = output_stamps(cases, args.o)
+    kept = sum(1 for old, new in zip(before, after, strict=True) if None not in old and old == new)
+    done = f"{len(cases) - kept} case(s) super-resolved into {args.o} (r = {resolver.config.scale_factor})"
+    if kept:
+        done += (f"; {kept} of {len(cases)} case(s) were already super-resolved there and were kept (pass "
+                 f"--overwrite to redo them)")
+    print(done)
+
+
+def output_stamps(cases: list[list[str]], output: str) -> list[tuple[int | None, ...]]:
+    """Modification times of each case's pseudo-HR files in ``output`` (None for a missing one)."""
+    def stamp(path: str) -> int | None:
+        return os.stat(path).st_mtime_ns if os.path.isfile(path) else None
+
+    return [tuple(stamp(os.path.join(output, os.path.basename(f))) for f in files) for files in cases]
+
+
+@contextlib.contextmanager
+def one_closing_message() -> Iterator[None]:
+    """Hold back the library's own note on kept cases (the closing line says it, with what was done); every other
+    line it prints comes through."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            yield
+    finally:
+        for line in captured.getvalue().splitlines():
+            if "were already super-resolved" not in line:
+                print(line)
 
 
 def main(argv: list[str] | None = None) -> None:

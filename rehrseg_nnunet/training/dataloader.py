@@ -13,14 +13,32 @@ from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from threadpoolctl import threadpool_limits
 
 from rehrseg_nnunet.errors import RehrsegInputError
-from rehrseg_nnunet.planning import UNCERTAINTY_SUFFIX
+from rehrseg_nnunet.planning import UNCERTAINTY_SUFFIX, uncertainty_folder_of
 
 
 def uncertainty_file(dataset, identifier: str) -> str:
-    path = os.path.join(dataset.source_folder, identifier + UNCERTAINTY_SUFFIX)
-    if not os.path.isfile(path):
-        raise RehrsegInputError(f"{path} is missing; run rehrseg_plan -d DATASET to preprocess the uncertainty maps.")
-    return path
+    """The preprocessed uncertainty map of a case: beside the data folder (where rehrseg_plan writes it, safe from
+    nnU-Net's re-preprocessing), else inside it (where rehrseg-nnunet 0.2.0 wrote it)."""
+    path = os.path.join(uncertainty_folder_of(dataset.source_folder), identifier + UNCERTAINTY_SUFFIX)
+    if os.path.isfile(path):
+        return path
+    old_path = os.path.join(dataset.source_folder, identifier + UNCERTAINTY_SUFFIX)
+    if os.path.isfile(old_path):
+        return old_path
+    dataset_name = os.path.basename(os.path.dirname(os.path.normpath(dataset.source_folder)))
+    raise RehrsegInputError(f"{path} is missing; run rehrseg_plan -d {dataset_name} (with the options it was planned "
+                            f"with) to preprocess the uncertainty maps.")
+
+
+def load_uncertainty(dataset, identifier: str, data_shape: tuple[int, ...]) -> np.ndarray:
+    """A case's uncertainty map (memory-mapped), which must have the shape of its preprocessed image."""
+    path = uncertainty_file(dataset, identifier)
+    uncertainty = np.load(path, mmap_mode="r")
+    if tuple(uncertainty.shape[1:]) != tuple(data_shape[1:]):
+        dataset_name = os.path.basename(os.path.dirname(os.path.normpath(dataset.source_folder)))
+        raise RehrsegInputError(f"{path} has shape {list(uncertainty.shape[1:])} but its preprocessed image "
+                                f"{list(data_shape[1:])}; run rehrseg_plan -d {dataset_name} --overwrite.")
+    return uncertainty
 
 
 class UncertaintyDataLoader(nnUNetDataLoader):
@@ -32,7 +50,7 @@ class UncertaintyDataLoader(nnUNetDataLoader):
         with torch.no_grad(), threadpool_limits(limits=1, user_api=None):
             for j, identifier in enumerate(selected_keys):
                 data, seg, _, properties = self._data.load_case(identifier)
-                uncertainty = np.load(uncertainty_file(self._data, identifier), mmap_mode="r")
+                uncertainty = load_uncertainty(self._data, identifier, data.shape)
                 lbs, ubs = self.get_bbox(data.shape[1:], self.get_do_oversample(j), properties["class_locations"])
                 bbox = [[lo, hi] for lo, hi in zip(lbs, ubs, strict=True)]
                 sample = {
