@@ -4,16 +4,32 @@ predictors; the carried SR model checked; the paper's network under its own name
 crash safety of outputs and checkpoints.
 """
 
+import hashlib
+import io
 import json
+import os
 import shutil
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import PHANTOM_DIRECTION, assert_ok, assert_one_line_error, phantom_workspace, run_script, tree_digest
+from conftest import (
+    PHANTOM_DIRECTION,
+    assert_ok,
+    assert_one_line_error,
+    console_script,
+    phantom_workspace,
+    run_script,
+    tree_digest,
+)
+from test_checkpoint_hashes import flip_a_tensor_byte, truncate
+from test_predict_safety import dead_pid, with_a_nan_voxel
+
+from rehrseg_nnunet.file_writing import file_sha256, recorded_hash, write_hash
 
 pytestmark = pytest.mark.slow
 
@@ -102,9 +118,9 @@ def test_installed_model_validates_and_predicts_with_both_predictors_on_exact_gr
         assert np.allclose(lr_seg.GetOrigin(), lr.GetOrigin(), atol=1e-4)
         assert np.allclose(lr_seg.GetSpacing(), lr.GetSpacing())
         assert set(np.unique(sitk.GetArrayViewFromImage(hr_seg))) <= {0, 1, 2}
-    # nothing of the super-resolution step is left in the output folders
+    # nothing of the super-resolution step (nor the output lock) is left in the output folders
     for folder in ("pred_hr", "pred_lr"):
-        assert not (guided["root"] / folder / ".rehrseg_super_resolved").exists()
+        assert not list((guided["root"] / folder).glob(".rehrseg_*"))
 
 
 def test_the_carried_sr_model_is_the_one_that_made_the_training_data(guided):
@@ -136,6 +152,7 @@ def test_a_removed_or_altered_carried_sr_model_is_one_line_and_writes_nothing(gu
     else:
         state["network_weights"]["carried_sr.bundle"][-100] ^= 0xFF
     torch.save(state, checkpoint)
+    write_hash(str(checkpoint), file_sha256(str(checkpoint)))  # a consistent checkpoint: the carried model is wrong
     env = {**guided["installed_env"], "nnUNet_results": str(results)}
     before = tree_digest(results)
     fragment = "carries no SR model" if damage == "removed" else "is damaged"
@@ -301,3 +318,110 @@ def test_super_resolve_refuses_foreign_geometry_with_one_line(guided, tmp_path, 
                         guided["env"])
     assert_one_line_error(result, "odd_0000.nii.gz")
     assert not out.exists()
+
+
+# --- checkpoint hashes and prediction safety with the trained model (issue 36) --------------------------------
+@pytest.mark.bad_input
+@pytest.mark.parametrize("damage", ["flipped", "truncated"])
+def test_a_damaged_final_checkpoint_is_neither_predicted_from_nor_exported(guided, tmp_path, damage):
+    results = tmp_path / "results"
+    shutil.copytree(guided["root"] / "installed", results)
+    final = (results / "Dataset617_PhantomPseudoHR" / f"{GUIDED}__REHRSegPlans__3d_fullres" / "fold_all"
+             / "checkpoint_final.pth")
+    assert recorded_hash(str(final)) == file_sha256(str(final)), "the export carries the checkpoint's SHA-256"
+    (flip_a_tensor_byte if damage == "flipped" else truncate)(str(final))
+    env = {**guided["installed_env"], "nnUNet_results": str(results)}
+    before = tree_digest(results)
+    predicted = run_script("rehrseg_predict", ["-i", str(guided["lr_inputs"]), "-o", str(tmp_path / "out"),
+                                               *predict_flags(GUIDED), "-device", "cpu"], env)
+    assert_one_line_error(predicted, "rehrseg_predict: error:", str(final), "is damaged", "SHA-256")
+    exported = run_script("rehrseg_export_model", ["-d", "617", "-o", str(tmp_path / "model.zip"), "-tr", GUIDED],
+                          env)
+    assert_one_line_error(exported, "rehrseg_export_model: error:", str(final), "is damaged", "not exported")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob("model.zip*"))
+    assert tree_digest(results) == before
+
+
+@pytest.mark.bad_input
+def test_continue_with_a_flipped_latest_checkpoint_resumes_from_the_verified_previous_one_or_stops(guided, tmp_path):
+    results = copied_results_with_sr_model(guided, tmp_path)
+    fold = results / "Dataset617_PhantomPseudoHR" / f"{PAPER}__REHRSegPlans__3d_fullres" / "fold_all"
+    final = fold / "checkpoint_final.pth"
+    good = final.read_bytes()
+    for name in ("checkpoint_latest.pth", "checkpoint_previous.pth"):  # the last epoch's, with its record
+        (fold / name).write_bytes(good)
+        write_hash(str(fold / name), file_sha256(str(final)))
+    for path in (final, fold / "checkpoint_final.pth.sha256"):
+        path.unlink()
+    flip_a_tensor_byte(str(fold / "checkpoint_latest.pth"))
+    env = {**guided["train_env"], "nnUNet_results": str(results)}
+    args = ["617", "3d_fullres", "all", "-tr", PAPER, "-p", "REHRSegPlans", "-device", "cpu", "--c"]
+    resumed = run_script("nnUNetv2_train", args, env)
+    assert_ok(resumed)
+    assert "checkpoint_latest.pth is damaged (its SHA-256" in resumed.stdout
+    assert f"resuming from {fold / 'checkpoint_previous.pth'} instead (verified)" in resumed.stdout
+    # checkpoint_final.pth is written from the verified weights, not from the flipped ones
+    written = torch.load(final, map_location="cpu", weights_only=False)["network_weights"]
+    kept = torch.load(io.BytesIO(good), map_location="cpu", weights_only=False)["network_weights"]
+    assert all(torch.equal(written[k], kept[k]) for k in kept)
+    assert recorded_hash(str(final)) == file_sha256(str(final))
+    # a flipped latest checkpoint and no verified earlier one: one line, nothing written
+    (fold / "checkpoint_latest.pth").write_bytes(good)
+    write_hash(str(fold / "checkpoint_latest.pth"), hashlib.sha256(good).hexdigest())
+    flip_a_tensor_byte(str(fold / "checkpoint_latest.pth"))
+    for name in ("checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_previous.pth"):
+        for path in (fold / name, fold / f"{name}.sha256"):
+            path.unlink(missing_ok=True)
+    before = {k: v for k, v in tree_digest(fold).items() if not k.startswith("training_log")}
+    refused = run_script("nnUNetv2_train", args, env)
+    assert_one_line_error(refused, "REHRSegTrainer: error:", "checkpoint_latest.pth is damaged", "SHA-256",
+                          "train the fold again")
+    assert {k: v for k, v in tree_digest(fold).items() if not k.startswith("training_log")} == before
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("program", ["rehrseg_predict", "nnUNetv2_predict"])
+def test_a_nan_in_a_prediction_input_is_refused_naming_the_file(guided, tmp_path, program):
+    inputs = tmp_path / "inputs"
+    damaged = with_a_nan_voxel(str(guided["lr_inputs"]), str(inputs))
+    result = run_script(program, ["-i", str(inputs), "-o", str(tmp_path / "out"), *predict_flags(GUIDED),
+                                  "-device", "cpu"], guided["installed_env"])
+    assert_one_line_error(result, f"{program}: error:", damaged, "contains NaN or Inf voxels")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.bad_input
+def test_two_predictions_into_one_folder_at_once_never_corrupt_it(guided, tmp_path):
+    """Both finish, or the second is refused in one line; the folder ends complete either way."""
+    out = tmp_path / "out"
+    command = [console_script("rehrseg_predict"), "-i", str(guided["lr_inputs"]), "-o", str(out),
+               *predict_flags(GUIDED), "-device", "cpu"]
+    env = {**os.environ, **guided["installed_env"]}
+    runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    results = [subprocess.CompletedProcess(run.args, run.wait(600), *run.communicate()) for run in runs]
+    assert any(r.returncode == 0 for r in results), [r.stderr[-2000:] for r in results]
+    for result in results:
+        if result.returncode != 0:
+            assert_one_line_error(result, "rehrseg_predict: error:", f"{out} is being predicted into by process")
+    for case in ("case000", "case001"):
+        assert (out / f"{case}.nii.gz").read_bytes() == (guided["root"] / "pred_hr" / f"{case}.nii.gz").read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == ["case000.nii.gz", "case001.nii.gz", "dataset.json",
+                                                     "plans.json", "predict_from_raw_data_args.json"]
+
+
+@pytest.mark.bad_input
+def test_a_killed_export_leaves_nothing_once_it_is_run_again(guided, tmp_path):
+    zip_file = tmp_path / "rehrseg_617.zip"
+    killed = tmp_path / f"rehrseg_617.zip.{dead_pid()}.partial"
+    killed.write_bytes(guided["zip"].read_bytes()[:4000])
+    result = run_script("rehrseg_export_model", ["-d", "617", "-o", str(zip_file), "-tr", GUIDED], guided["env"])
+    assert_ok(result)
+    assert f"removed 1 partial zip(s) that an interrupted export to {zip_file} left" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rehrseg_617.zip"]
+    with zipfile.ZipFile(zip_file) as archive:
+        records = [n for n in archive.namelist() if n.endswith(".sha256")]
+        assert records == [f"Dataset617_PhantomPseudoHR/{GUIDED}__REHRSegPlans__3d_fullres/fold_all/"
+                           "checkpoint_final.pth.sha256"]
+        checkpoint = hashlib.sha256(archive.read(records[0][: -len(".sha256")])).hexdigest()
+        assert archive.read(records[0]).decode().split()[0] == checkpoint

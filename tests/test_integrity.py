@@ -193,8 +193,9 @@ def test_continue_with_a_truncated_latest_checkpoint_is_one_line_or_uses_the_pre
     assert_one_line_error(result, "rehrseg_train_sr: error:", "stage_1c/checkpoint_latest.pth",
                           "truncated or unreadable", "--continue")
     assert tree_digest(model) == before, "a refused --continue wrote into the model folder"
-    with open(previous_checkpoint(model, "1c"), "wb") as handle:  # as _save_latest keeps it
+    with open(previous_checkpoint(model, "1c"), "wb") as handle:  # as _save_latest keeps it, with its SHA-256
         handle.write(good)
+    shutil.copyfile(latest_checkpoint(model, "1c") + ".sha256", previous_checkpoint(model, "1c") + ".sha256")
     result = run_script("rehrseg_train_sr", args, env)
     assert_ok(result)
     log = open(os.path.join(model, "training_log.txt")).read()

@@ -8,7 +8,7 @@ import os
 
 from rehrseg_nnunet.cli.common import run_cli
 from rehrseg_nnunet.errors import RehrsegInputError
-from rehrseg_nnunet.file_writing import hash_file, hash_mismatch, process_alive
+from rehrseg_nnunet.file_writing import HASH_SUFFIX, hash_file, hash_mismatch, process_alive
 
 #: ending of the zip nnU-Net writes before it is renamed to ``-o`` (``NAME.zip.PID.partial``)
 PARTIAL_SUFFIX = ".partial"
@@ -99,7 +99,7 @@ def add_checkpoint_hashes(zip_file: str, results: str, checkpoints: list[str]) -
         for member in archive.namelist():
             record = hash_file(os.path.join(results, member))
             if os.path.basename(member) in checkpoints and os.path.isfile(record):
-                archive.write(record, member + os.path.basename(record)[len(os.path.basename(member)):])
+                archive.write(record, member + HASH_SUFFIX)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -107,6 +107,9 @@ def run(args: argparse.Namespace) -> None:
     if not os.environ.get("nnUNet_results"):
         raise RehrsegInputError("the environment variable nnUNet_results is not set; export it (the folder "
                                 "nnUNetv2_train wrote to).")
+    removed = remove_stale_partial_zips(args.o)  # first: even a re-run that fails removes what a killed one left
+    if removed:
+        print(f"removed {removed} partial zip(s) that an interrupted export to {args.o} left")
     from nnunetv2.model_sharing.model_export import export_pretrained_model
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
@@ -116,9 +119,6 @@ def run(args: argparse.Namespace) -> None:
         raise RehrsegInputError(f"dataset {args.d} was not found under nnUNet_raw, nnUNet_preprocessed or "
                                 "nnUNet_results; pass the id or name the model was trained on.") from None
     check_exportable(dataset, args.c, args.tr, args.p, args.f, args.chk)
-    removed = remove_stale_partial_zips(args.o)
-    if removed:
-        print(f"removed {removed} partial zip(s) that an interrupted export to {args.o} left")
     partial = f"{args.o}.{os.getpid()}{PARTIAL_SUFFIX}"
     try:
         export_pretrained_model(dataset, partial, configurations=args.c, trainer=args.tr, plans_identifier=args.p,

@@ -202,10 +202,11 @@ def verified_checkpoint(path: str, fix: str, log=None) -> dict:
     Raises:
         RehrsegInputError: damaged (SHA-256 differs), truncated or unreadable; the message names ``fix``.
     """
+    checkpoint = read_checkpoint(path, fix, LATEST_KEYS)
     mismatch = hash_mismatch(path, log)
     if mismatch:
-        raise RehrsegInputError(f"{path} cannot be trusted ({mismatch}); {fix}.")
-    return read_checkpoint(path, fix, LATEST_KEYS)
+        raise RehrsegInputError(f"{path} is damaged ({mismatch}); {fix}.")
+    return checkpoint
 
 
 def resumable_checkpoint(model_folder: str, stage: str, log=None) -> tuple[dict | None, str]:
@@ -236,7 +237,7 @@ def resumable_checkpoint(model_folder: str, stage: str, log=None) -> tuple[dict 
         except RehrsegInputError:
             raise error from None
         if log is not None:
-            why = "damaged (its SHA-256 differs from its record)" if hash_mismatch(latest) else \
+            why = "damaged (its SHA-256 differs from its record)" if " is damaged (" in str(error) else \
                 "truncated or unreadable"
             log(f"stage {stage}: {latest} is {why}; resuming from {previous} (step {checkpoint['step']}) instead")
         return checkpoint, previous

@@ -259,11 +259,11 @@ class REHRSegTrainer(nnUNetTrainer):
     def _checkpoint_problem(self, path: str) -> str | None:
         """Why a checkpoint must not be loaded: damaged (its SHA-256 differs from its record) or unreadable;
         None when it may (a checkpoint without a record loads unverified, said once)."""
-        mismatch = hash_mismatch(path, lambda line: self.print_to_log_file(line, also_print_to_console=True))
-        if mismatch:
-            return f"damaged ({mismatch})"
         reason = _unreadable(path)
-        return None if reason is None else f"unreadable ({reason})"
+        if reason is not None:
+            return f"unreadable ({reason})"
+        mismatch = hash_mismatch(path, lambda line: self.print_to_log_file(line, also_print_to_console=True))
+        return f"damaged ({mismatch})" if mismatch else None
 
     def _readable_checkpoint(self, path: str) -> str:
         """``path`` when it verifies and loads; for a damaged or unreadable checkpoint_latest.pth the previous one
