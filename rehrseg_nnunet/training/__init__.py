@@ -1,4 +1,8 @@
-"""REHRSegTrainer and its variants; ``EXT_TRAINER_FOLDER`` is what ``nnUNet_extTrainer`` must point at."""
+"""REHRSegTrainer and its variants; ``EXT_TRAINER_FOLDER`` is what ``nnUNet_extTrainer`` must point at.
+
+After ``pip install`` (regular or editable) the start-up hook :mod:`rehrseg_nnunet._ext_trainer_env` appends it to
+``nnUNet_extTrainer`` in every new interpreter; ``REHRSEG_NO_EXT_TRAINER=1`` switches that off.
+"""
 
 import os
 import sys
