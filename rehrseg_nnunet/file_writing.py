@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -252,9 +253,16 @@ def write_checkpoint_bytes(path: str, data: bytes) -> str:
     Returns:
         The SHA-256.
     """
-    digest = hashlib.sha256(data).hexdigest()
+    digest, before = hashlib.sha256(data).hexdigest(), recorded_hash(path)
     write_hash(path, digest)
-    write_atomically(path, lambda handle: handle.write(data))
+    try:
+        write_atomically(path, lambda handle: handle.write(data))
+    except RehrsegInputError:
+        try:
+            write_hash(path, before or None)  # the checkpoint stayed as it was: so does its record
+        except (OSError, RehrsegInputError):
+            pass  # the record then fails the check, which falls back to the previous checkpoint
+        raise
     return digest
 
 
@@ -276,3 +284,37 @@ def remove_checkpoint(path: str) -> None:
     for name in (path, hash_file(path)):
         if os.path.lexists(name):
             os.remove(name)
+
+
+def claim_lock(lock: str) -> int:
+    """Create the lock file ``lock`` holding this process's id, unless a live process holds it (the lock of a
+    process that is gone is taken over).
+
+    Args:
+        lock: the lock file.
+
+    Returns:
+        0 when this process holds the lock now; else the holder's id (-1: a holder that has not written it yet).
+    """
+    while True:
+        try:
+            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(lock) as existing:
+                    owner = int(existing.read().strip() or 0)
+                being_claimed = not owner and time.time() - os.path.getmtime(lock) < 10
+            except FileNotFoundError:
+                continue  # released meanwhile
+            except (OSError, ValueError):
+                owner, being_claimed = 0, False
+            if being_claimed:
+                return -1
+            if owner and owner != os.getpid() and process_alive(owner):
+                return owner
+            if os.path.lexists(lock):
+                os.remove(lock)  # left by a process that is gone
+            continue
+        with os.fdopen(handle, "w") as claimed:
+            claimed.write(str(os.getpid()))
+        return 0

@@ -40,6 +40,7 @@ def test_train_sr_write_failure_is_one_line_leaves_no_partial_file_and_continue_
     assert_one_line_error(result, "rehrseg_train_sr: error: could not write", "checkpoint_latest.pth", "ulimit -f")
     assert not list(model.rglob("*.tmp")), "a temporary file survived the failed write"
     assert not list(model.rglob("*.pth")), "a checkpoint looks complete after a failed write"
+    assert not list(model.rglob("*.sha256")), "a SHA-256 record outlived the checkpoint write that failed"
     assert tree_digest(raw) == before
     rerun = run_script("rehrseg_train_sr", [*args, "--continue"], {"nnUNet_raw": str(raw)})
     assert rerun.returncode == 0, rerun.stderr[-2000:]

@@ -139,13 +139,18 @@ def test_the_carried_sr_model_is_the_one_that_made_the_training_data(guided):
     assert np.array_equal(sitk.GetArrayFromImage(carried.images[0]), sitk.GetArrayFromImage(original.images[0]))
 
 
+def installed_copy(guided, tmp_path):
+    """A copy of the installed model's nnUNet_results, and the path of its checkpoint_final.pth there."""
+    results = tmp_path / "results"
+    shutil.copytree(guided["root"] / "installed", results)
+    return results, (results / "Dataset617_PhantomPseudoHR" / f"{GUIDED}__REHRSegPlans__3d_fullres" / "fold_all"
+                     / "checkpoint_final.pth")
+
+
 @pytest.mark.bad_input
 @pytest.mark.parametrize("damage", ["removed", "altered"])
 def test_a_removed_or_altered_carried_sr_model_is_one_line_and_writes_nothing(guided, tmp_path, damage):
-    results = tmp_path / "results"
-    shutil.copytree(guided["root"] / "installed", results)
-    checkpoint = (results / "Dataset617_PhantomPseudoHR" / f"{GUIDED}__REHRSegPlans__3d_fullres" / "fold_all"
-                  / "checkpoint_final.pth")
+    results, checkpoint = installed_copy(guided, tmp_path)
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     if damage == "removed":
         del state["network_weights"]["carried_sr.bundle"]
@@ -324,10 +329,7 @@ def test_super_resolve_refuses_foreign_geometry_with_one_line(guided, tmp_path, 
 @pytest.mark.bad_input
 @pytest.mark.parametrize("damage", ["flipped", "truncated"])
 def test_a_damaged_final_checkpoint_is_neither_predicted_from_nor_exported(guided, tmp_path, damage):
-    results = tmp_path / "results"
-    shutil.copytree(guided["root"] / "installed", results)
-    final = (results / "Dataset617_PhantomPseudoHR" / f"{GUIDED}__REHRSegPlans__3d_fullres" / "fold_all"
-             / "checkpoint_final.pth")
+    results, final = installed_copy(guided, tmp_path)
     assert recorded_hash(str(final)) == file_sha256(str(final)), "the export carries the checkpoint's SHA-256"
     (flip_a_tensor_byte if damage == "flipped" else truncate)(str(final))
     env = {**guided["installed_env"], "nnUNet_results": str(results)}

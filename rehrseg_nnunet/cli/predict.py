@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 from rehrseg_nnunet.cli.common import run_cli
 from rehrseg_nnunet.errors import RehrsegInputError
@@ -154,30 +153,16 @@ def claim_output_folder(output: str) -> str:
     Raises:
         RehrsegInputError: a live process predicts into ``output``.
     """
-    from rehrseg_nnunet.file_writing import process_alive
+    from rehrseg_nnunet.file_writing import claim_lock
 
     os.makedirs(output, exist_ok=True)
     lock = os.path.join(output, OUTPUT_LOCK)
-    while True:
-        try:
-            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                with open(lock) as existing:
-                    owner = int(existing.read().strip() or 0)
-                being_claimed = not owner and time.time() - os.path.getmtime(lock) < 10  # PID not written yet
-            except FileNotFoundError:
-                continue  # released meanwhile
-            except (OSError, ValueError):
-                owner, being_claimed = 0, False
-            if being_claimed or (owner and owner != os.getpid() and process_alive(owner)):
-                raise RehrsegInputError(f"{output} is being predicted into by process {owner} (lock {lock}); wait "
-                                        "for it to finish, or predict into another -o folder.") from None
-            os.remove(lock)  # left by a process that is gone
-            continue
-        with os.fdopen(handle, "w") as claimed:
-            claimed.write(str(os.getpid()))
-        return lock
+    owner = claim_lock(lock)
+    if owner:
+        raise RehrsegInputError(f"{output} is being predicted into by "
+                                f"{f'process {owner}' if owner > 0 else 'another process'} (lock {lock}); wait for it "
+                                "to finish, or predict into another -o folder.")
+    return lock
 
 
 #: what nnU-Net's prediction writes into -o besides the segmentations

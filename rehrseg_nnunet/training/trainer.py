@@ -29,11 +29,12 @@ from rehrseg_nnunet.degradation import centre_slice_labels, labels_to_lr_tensor
 from rehrseg_nnunet.errors import RehrsegInputError
 from rehrseg_nnunet.file_writing import (
     TEMPORARY_SUFFIX,
+    claim_lock,
     hash_mismatch,
     keep_as_previous,
-    process_alive,
     promote_checkpoint,
     publish_checkpoint,
+    recorded_hash,
     remove_checkpoint,
 )
 from rehrseg_nnunet.losses import (
@@ -275,7 +276,8 @@ class REHRSegTrainer(nnUNetTrainer):
         previous = os.path.join(os.path.dirname(path), PREVIOUS_CHECKPOINT)
         if os.path.basename(path) == LATEST_CHECKPOINT and os.path.isfile(previous) \
                 and self._checkpoint_problem(previous) is None:
-            self.print_to_log_file(f"{path} is {problem}; resuming from {previous} instead (verified)",
+            check = "verified" if recorded_hash(previous) else "unverified: it has no SHA-256 record"
+            self.print_to_log_file(f"{path} is {problem}; resuming from {previous} instead ({check})",
                                    also_print_to_console=True)
             promote_checkpoint(previous, path)
             return path
@@ -290,25 +292,12 @@ class REHRSegTrainer(nnUNetTrainer):
             return
         os.makedirs(self.output_folder, exist_ok=True)
         lock = os.path.join(self.output_folder, TRAINING_LOCK)
-        for _ in range(2):
-            try:
-                handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    with open(lock) as existing:
-                        owner = int(existing.read().strip() or 0)
-                except (OSError, ValueError):
-                    owner = 0
-                if owner and owner != os.getpid() and process_alive(owner):
-                    if os.path.isfile(self.log_file):  # this refused run's own log: leave the fold as it was
-                        os.remove(self.log_file)
-                    fail(f"{self.output_folder} is being trained by process {owner} (lock {lock}); wait for it to "
-                         "finish or stop it before training this fold again.")
-                os.remove(lock)  # left by a process that is gone
-                continue
-            with os.fdopen(handle, "w") as claimed:
-                claimed.write(str(os.getpid()))
-            return
+        owner = claim_lock(lock)
+        if owner:
+            if os.path.isfile(self.log_file):  # this refused run's own log: leave the fold as it was
+                os.remove(self.log_file)
+            fail(f"{self.output_folder} is being trained by {f'process {owner}' if owner > 0 else 'another process'} "
+                 f"(lock {lock}); wait for it to finish or stop it before training this fold again.")
 
     def on_train_end(self) -> None:
         super().on_train_end()
