@@ -69,6 +69,12 @@ def crop_around_label(data: str, scans: str) -> list[str]:
     return cases
 
 
+def test_the_example_script_is_the_recipe():
+    script = open(os.path.join(ROOT, "examples", "own_scans_recipe.sh")).read()
+    assert script.startswith("#!/usr/bin/env bash\n") and "\nset -euo pipefail\n" in script
+    assert script.endswith("\nset -euo pipefail\n" + recipe_block()), "examples/own_scans_recipe.sh != docs/recipe.md"
+
+
 def test_recipe_block_defines_every_variable_it_uses():
     script = recipe_block()
     python = re.search(r"<<'EOF'\n.*?\nEOF\n", script, re.DOTALL)
