@@ -268,6 +268,27 @@ def ddp(tmp_path_factory, trained_sr_model):
     return out
 
 
+def test_lr_weights_saved_by_a_wrapped_network_fine_tune_as_plain_ones(tmp_path):
+    """-pretrained_weights from an LR model saved with DDP's ``module.`` or torch.compile's ``_orig_mod.`` names
+    (a training outside nnU-Net's save_checkpoint): every inner U-Net tensor arrives."""
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    from test_rehrseg_network import UNET_KWARGS, build
+
+    from rehrseg_nnunet.training.fine_tuning import inner_unet_keys, load_lr_weights
+
+    torch.manual_seed(1)
+    stock = PlainConvUNet(**UNET_KWARGS, deep_supervision=True).state_dict()
+    checkpoint = tmp_path / "checkpoint_final.pth"
+    for prefix in ("module.", "_orig_mod.", "module._orig_mod."):
+        torch.save({"network_weights": {prefix + k: v for k, v in stock.items()}}, checkpoint)
+        network = build(4)
+        assert not all(torch.equal(network.state_dict()[k], stock[k]) for k in inner_unet_keys(stock))
+        loaded, total = load_lr_weights(network, str(checkpoint))
+        assert loaded == total == len(inner_unet_keys(stock))
+        state = network.state_dict()
+        assert all(torch.equal(state[k], stock[k]) for k in inner_unet_keys(stock)), prefix
+
+
 def test_ranks_hold_identical_weights_after_different_batches(ddp):
     for run in ("first", "second"):
         records, weights = ddp[run], ddp[f"{run}_weights"]

@@ -30,6 +30,22 @@ def unwrap(network: nn.Module) -> nn.Module:
     return getattr(network, "_orig_mod", network)
 
 
+#: prefixes a wrapped network's state_dict puts before every name: DistributedDataParallel, torch.compile
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def plain_names(weights: dict) -> dict:
+    """The tensors under the plain module's names. nnU-Net saves the unwrapped network, but an LR model trained
+    with DistributedDataParallel or torch.compile outside nnU-Net's save_checkpoint has ``module.`` /
+    ``_orig_mod.`` before every name (nnU-Net's own load_pretrained_weights then refuses it)."""
+    plain = {}
+    for key, value in weights.items():
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        plain[key] = value
+    return plain
+
+
 def inner_unet_keys(state: dict) -> list[str]:
     """The U-Net's own tensors: encoder and decoder, without the decoder's alias of the encoder."""
     return [k for k in state if k.startswith(("encoder.", "decoder.")) and not k.startswith("decoder.encoder.")]
@@ -50,8 +66,8 @@ def load_lr_weights(network: nn.Module, checkpoint_file: str) -> tuple[int, int]
     """
     module = unwrap(network)
     try:
-        weights = torch.load(checkpoint_file, map_location="cpu", weights_only=False)["network_weights"]
-    except (OSError, KeyError, RuntimeError, EOFError) as error:
+        weights = plain_names(torch.load(checkpoint_file, map_location="cpu", weights_only=False)["network_weights"])
+    except (OSError, KeyError, RuntimeError, EOFError, AttributeError) as error:
         raise RehrsegInputError(f"{checkpoint_file} is not a readable nnU-Net checkpoint ({error}); pass the LR "
                                 f"model's fold_F/checkpoint_final.pth to -pretrained_weights.") from None
     own = module.state_dict()
