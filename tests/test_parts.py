@@ -114,10 +114,6 @@ def test_pseudohr_parts_build_the_dataset_one_run_builds(parts):
     assert written == ["1", "1"], [r.stdout[-500:] for r in parts["pseudohr_parts"]]
 
 
-# rehrseg_predict takes one lock per output folder (.rehrseg_predict.lock), so the second part is refused ("is
-# being predicted into by process ...") instead of predicting its cases beside the first; the fix (a lock per part)
-# belongs in rehrseg_nnunet/cli/predict.py: .parts_predict_fix.patch. Remove this mark once it is applied.
-@pytest.mark.xfail(reason="rehrseg_predict's output-folder lock refuses a second part in the same -o", strict=True)
 def test_prediction_parts_write_what_one_run_writes(parts):
     import SimpleITK as sitk
 

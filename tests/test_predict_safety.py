@@ -125,3 +125,27 @@ def test_a_re_run_of_an_export_removes_the_partial_zips_of_killed_ones_only(tmp_
     finally:
         owner.kill()
         owner.wait()
+
+
+def test_parts_of_one_prediction_share_a_folder_but_not_with_a_whole_run(tmp_path):
+    """-num_parts/-part_id runs predict into one -o side by side (a lock each); a whole run and a part do not."""
+    from rehrseg_nnunet.cli.predict import OUTPUT_LOCK, claim_output_folder, other_runs
+
+    output = str(tmp_path / "out")
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        os.makedirs(output)
+        part0 = os.path.join(output, ".rehrseg_predict.part0of2.lock")
+        with open(part0, "w") as handle:
+            handle.write(str(owner.pid))
+        part1 = claim_output_folder(output, 1, 2)  # the other part of the same prediction: allowed
+        assert os.path.basename(part1) == ".rehrseg_predict.part1of2.lock" and other_runs(output, part1) == [part0]
+        with pytest.raises(RehrsegInputError, match=f"^{output} is being predicted into by process {owner.pid}"):
+            claim_output_folder(output, 0, 2)  # the same part twice
+        os.remove(part1)
+        with pytest.raises(RehrsegInputError, match=f"is being predicted into by another process \\(lock {part0}\\)"):
+            claim_output_folder(output)  # a whole run beside a part
+        assert not os.path.exists(os.path.join(output, OUTPUT_LOCK)), "the refused run's lock was left behind"
+    finally:
+        owner.kill()
+        owner.wait()

@@ -126,12 +126,15 @@ def run(args: argparse.Namespace) -> None:
     check_carried_sr_model(folder, args.f, args.chk)
     existed = os.path.isdir(args.o)
     before = set(os.listdir(args.o)) if existed else set()
-    lock = claim_output_folder(args.o)
+    # parts (-num_parts/-part_id, which reach nnU-Net with -d only) predict into one -o side by side: a lock each
+    part = (args.part_id, args.num_parts) if not args.m else (0, 1)
+    lock = claim_output_folder(args.o, *part)
     try:
         run_nnunet_prediction(nnunet_argv(args), from_model_folder=bool(args.m))
     except BaseException:
+        if not other_runs(args.o, lock):  # parts beside it may have written (or still need) those files
+            remove_bookkeeping_files(args.o, existed, before)
         os.remove(lock)
-        remove_bookkeeping_files(args.o, existed, before)
         raise
     os.remove(lock)
 
@@ -140,12 +143,18 @@ def run(args: argparse.Namespace) -> None:
 OUTPUT_LOCK = ".rehrseg_predict.lock"
 
 
-def claim_output_folder(output: str) -> str:
-    """One rehrseg_predict per output folder at a time (so a run's clean-up never meets another run's files);
-    the lock of a killed run does not block.
+def output_lock_name(part_id: int = 0, num_parts: int = 1) -> str:
+    """The lock of a whole run, or of part ``part_id`` of ``num_parts`` (parts share -o, each predicting its cases)."""
+    return OUTPUT_LOCK if num_parts <= 1 else f".rehrseg_predict.part{part_id}of{num_parts}.lock"
+
+
+def claim_output_folder(output: str, part_id: int = 0, num_parts: int = 1) -> str:
+    """One rehrseg_predict per output folder (per part of it) at a time (so a run's clean-up never meets another
+    run's files); the lock of a killed run does not block.
 
     Args:
         output: the -o folder (created).
+        part_id, num_parts: the part this run predicts (-part_id/-num_parts; 0, 1 for a whole run).
 
     Returns:
         The lock file, to remove when the run ends.
@@ -156,13 +165,45 @@ def claim_output_folder(output: str) -> str:
     from rehrseg_nnunet.file_writing import claim_lock
 
     os.makedirs(output, exist_ok=True)
-    lock = os.path.join(output, OUTPUT_LOCK)
+    lock = os.path.join(output, output_lock_name(part_id, num_parts))
     owner = claim_lock(lock)
-    if owner:
+    clash = [] if owner else [p for p in other_runs(output, lock)
+                              if num_parts <= 1 or os.path.basename(p) == OUTPUT_LOCK]  # a whole run and parts
+    if clash:
+        os.remove(lock)
+        lock = clash[0]
+    if owner or clash:
         raise RehrsegInputError(f"{output} is being predicted into by "
                                 f"{f'process {owner}' if owner > 0 else 'another process'} (lock {lock}); wait for it "
                                 "to finish, or predict into another -o folder.")
     return lock
+
+
+def other_runs(output: str, own_lock: str) -> list[str]:
+    """The locks of the other live rehrseg_predict runs (or parts of one) in ``output``.
+
+    Args:
+        output: the -o folder.
+        own_lock: this run's lock (left out).
+
+    Returns:
+        Their lock files.
+    """
+    from rehrseg_nnunet.file_writing import process_alive
+
+    found = []
+    for name in sorted(os.listdir(output)) if os.path.isdir(output) else []:
+        path = os.path.join(output, name)
+        if not (name.startswith(".rehrseg_predict") and name.endswith(".lock")) or path == own_lock:
+            continue
+        try:
+            with open(path) as handle:
+                owner = int(handle.read().strip() or 0)
+        except (OSError, ValueError):
+            continue
+        if owner and owner != os.getpid() and process_alive(owner):
+            found.append(path)
+    return found
 
 
 #: what nnU-Net's prediction writes into -o besides the segmentations
