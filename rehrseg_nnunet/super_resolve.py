@@ -103,7 +103,6 @@ def super_resolve_cases(cases: Sequence[Sequence[str]], output_folder: str, reso
     os.makedirs(output_folder, exist_ok=True)
     remove_stale_partial_files(output_folder)
     written = []
-    skipped = 0
     for files in tqdm(cases, desc="super-resolving", unit="case", disable=not progress):
         targets = [os.path.join(output_folder, os.path.basename(f)) for f in files]
         match = CHANNEL_FILE.match(os.path.basename(files[0]))
@@ -111,8 +110,7 @@ def super_resolve_cases(cases: Sequence[Sequence[str]], output_folder: str, reso
         wanted = targets + ([uncertainty_file] if uncertainty else [])
         written.append(targets)
         if not overwrite and all(is_complete_image(t) for t in wanted):
-            skipped += 1
-            continue
+            continue  # the caller says which cases were kept
         images = [read_image(f) for f in files]
         result = resolver(images, None, source=files[0])
         del images
@@ -122,7 +120,4 @@ def super_resolve_cases(cases: Sequence[Sequence[str]], output_folder: str, reso
             os.makedirs(os.path.dirname(uncertainty_file), exist_ok=True)
             write_image_atomically(result.uncertainty, uncertainty_file)
         del result
-    if skipped and progress:
-        print(f"{skipped} of {len(cases)} case(s) were already super-resolved in {output_folder} and were kept "
-              "(pass --overwrite to redo them)")
     return written

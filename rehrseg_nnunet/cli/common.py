@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -36,3 +37,15 @@ def close_progress_bars() -> None:
 
     for bar in list(getattr(tqdm, "_instances", ())):
         bar.close()
+
+
+def new_parser(program: str, description: str, raw: bool = False) -> argparse.ArgumentParser:
+    """The parser of a console script; ``raw`` keeps the description's line breaks."""
+    formatter = argparse.RawDescriptionHelpFormatter if raw else argparse.HelpFormatter
+    return argparse.ArgumentParser(prog=program, description=description, formatter_class=formatter)
+
+
+def add_thick_slice_folders(parser: argparse.ArgumentParser, output_help: str) -> None:
+    """``-i`` (thick-slice images in nnU-Net's naming) and ``-o`` (``output_help``) of the HR-writing scripts."""
+    parser.add_argument("-i", required=True, help="input folder of thick-slice images (nnU-Net naming: CASE_0000.ext)")
+    parser.add_argument("-o", required=True, help=output_help)

@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 
-from rehrseg_nnunet.cli.common import run_cli
+from rehrseg_nnunet.cli.common import new_parser, run_cli
 from rehrseg_nnunet.errors import RehrsegInputError
 from rehrseg_nnunet.file_writing import write_json_atomically
 
@@ -19,7 +19,7 @@ DESCRIPTION = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rehrseg_evaluate", description=DESCRIPTION)
+    parser = new_parser("rehrseg_evaluate", DESCRIPTION)
     parser.add_argument("-ref", dest="reference", metavar="REF_FOLDER", required=True,
                         help="folder of reference segmentations")
     parser.add_argument("-pred", dest="prediction", metavar="PRED_FOLDER", required=True,

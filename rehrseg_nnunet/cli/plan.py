@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rehrseg_nnunet.cli.common import run_cli
+from rehrseg_nnunet.cli.common import new_parser, run_cli
 
 DESCRIPTION = (
     "Derive REHRSegPlans (REHRSegUNet, LR topology, separate-z nearest resampling along the slice "
@@ -18,7 +18,7 @@ DESCRIPTION = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rehrseg_plan", description=DESCRIPTION)
+    parser = new_parser("rehrseg_plan", DESCRIPTION)
     parser.add_argument("-d", dest="dataset", required=True, help="pseudo-HR dataset id or name")
     parser.add_argument("-pl", dest="source_plans", default="nnUNetPlans",
                         help="plans to start from (default nnUNetPlans)")

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from rehrseg_nnunet.cli.common import run_cli
+from rehrseg_nnunet.cli.common import add_thick_slice_folders, new_parser, run_cli
 from rehrseg_nnunet.errors import RehrsegInputError
 from rehrseg_nnunet.sr.config import select_device
 
@@ -29,10 +29,8 @@ For the input-grid (LR) segmentation use stock nnUNetv2_predict with the same mo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rehrseg_predict", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-i", required=True, help="input folder of thick-slice images (nnU-Net naming: CASE_0000.ext)")
-    parser.add_argument("-o", required=True, help="output folder for the HR segmentations (created if missing)")
+    parser = new_parser("rehrseg_predict", DESCRIPTION, raw=True)
+    add_thick_slice_folders(parser, "output folder for the HR segmentations (created if missing)")
     model = parser.add_argument_group("model (either -d with -tr/-p/-c, or -m)")
     model.add_argument("-d", default=None, help="dataset id or name the model was trained on (the pseudo-HR dataset)")
     model.add_argument("-tr", default="REHRSegTrainer", help="trainer class (default REHRSegTrainer)")

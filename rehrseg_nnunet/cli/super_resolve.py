@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
-from collections.abc import Iterator
 
-from rehrseg_nnunet.cli.common import run_cli
+from rehrseg_nnunet.cli.common import add_thick_slice_folders, new_parser, run_cli
 from rehrseg_nnunet.errors import RehrsegInputError
 
 DESCRIPTION = """\
@@ -21,10 +18,8 @@ are skipped (re-run to resume); --overwrite redoes them."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rehrseg_super_resolve", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-i", required=True, help="input folder of thick-slice images (nnU-Net naming: CASE_0000.ext)")
-    parser.add_argument("-o", required=True, help="output folder for the pseudo-HR images (created if missing)")
+    parser = new_parser("rehrseg_super_resolve", DESCRIPTION, raw=True)
+    add_thick_slice_folders(parser, "output folder for the pseudo-HR images (created if missing)")
     model = parser.add_argument_group("SR model (either -d or -m)")
     model.add_argument("-d", default=None, help="thick-slice dataset id or name whose SR model to use "
                        "(nnUNet_results/DatasetXXX_Name/rehrseg_sr)")
@@ -72,9 +67,8 @@ def run(args: argparse.Namespace) -> None:
     if os.path.abspath(args.o) == os.path.abspath(args.i):
         raise RehrsegInputError(f"-o {args.o} is the input folder; write the pseudo-HR images to another folder.")
     before = output_stamps(cases, args.o)
-    with one_closing_message():
-        super_resolve_cases(cases, args.o, resolver, uncertainty=args.save_uncertainty, overwrite=args.overwrite,
-                            progress=not args.disable_progress_bar)
+    super_resolve_cases(cases, args.o, resolver, uncertainty=args.save_uncertainty, overwrite=args.overwrite,
+                        progress=not args.disable_progress_bar)
     after = output_stamps(cases, args.o)
     kept = sum(1 for old, new in zip(before, after, strict=True) if None not in old and old == new)
     done = f"{len(cases) - kept} case(s) super-resolved into {args.o} (r = {resolver.config.scale_factor})"
@@ -90,20 +84,6 @@ def output_stamps(cases: list[list[str]], output: str) -> list[tuple[int | None,
         return os.stat(path).st_mtime_ns if os.path.isfile(path) else None
 
     return [tuple(stamp(os.path.join(output, os.path.basename(f))) for f in files) for files in cases]
-
-
-@contextlib.contextmanager
-def one_closing_message() -> Iterator[None]:
-    """Hold back the library's own note on kept cases (the closing line says it, with what was done); every other
-    line it prints comes through."""
-    captured = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(captured):
-            yield
-    finally:
-        for line in captured.getvalue().splitlines():
-            if "were already super-resolved" not in line:
-                print(line)
 
 
 def main(argv: list[str] | None = None) -> None:
