@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import assert_ok, assert_one_line_error, phantom_workspace, run_script
+from conftest import assert_ok, assert_one_line_error, phantom_workspace, run_script, tree_digest
 
 pytestmark = pytest.mark.slow
 
@@ -114,6 +114,7 @@ def test_continue_keeps_the_fine_tuning_rate(fine_tuned):
         group["fused"], group["foreach"] = None, None
     torch.save(state, fold / "checkpoint_latest.pth")
     os.rename(fold / "checkpoint_final.pth", fold / "checkpoint_final_uninterrupted.pth")
+    os.rename(fold / "checkpoint_final.pth.sha256", fold / "checkpoint_final_uninterrupted.pth.sha256")
     for log in fold.glob("training_log_*.txt"):
         log.unlink()
     result = run_script("nnUNetv2_train", ["616", "3d_fullres", "all", "-tr", TRAINER, "-p", "REHRSegPlans",
@@ -124,6 +125,7 @@ def test_continue_keeps_the_fine_tuning_rate(fine_tuned):
     groups = torch.load(fold / "checkpoint_final.pth", weights_only=False)["optimizer_state"]["param_groups"]
     assert all(group["fused"] and not group["foreach"] for group in groups)  # set again after loading
     os.replace(fold / "checkpoint_final_uninterrupted.pth", fold / "checkpoint_final.pth")
+    os.replace(fold / "checkpoint_final_uninterrupted.pth.sha256", fold / "checkpoint_final.pth.sha256")  # its record
 
 
 def test_validation_prediction_and_export_work_without_the_sr_model(fine_tuned):
@@ -164,11 +166,42 @@ def test_validation_prediction_and_export_work_without_the_sr_model(fine_tuned):
         assert a.GetSpacing() == b.GetSpacing() and a.GetOrigin() == b.GetOrigin()
 
 
+def results_tree(folder) -> tuple[dict, list]:
+    """Every file's SHA-256 and every folder below ``folder``: a refused start must leave both as they were."""
+    return tree_digest(folder), sorted(os.path.relpath(root, folder) for root, _, _ in os.walk(folder))
+
+
 @pytest.mark.bad_input
-def test_fold_0_of_two_cases_is_one_line(fine_tuned):
+def test_fold_0_of_two_cases_is_one_line_and_leaves_the_results_as_they_were(fine_tuned):
+    results = fine_tuned["train_env"]["nnUNet_results"]
+    before = results_tree(results)
     result = run_script("nnUNetv2_train", ["616", "3d_fullres", "0", "-tr", TRAINER, "-p", "REHRSegPlans",
                                            "-device", "cpu"], fine_tuned["train_env"])
     assert_one_line_error(result, "2 training case(s)", "fold 'all'")
+    assert results_tree(results) == before  # no fold_0 folder, log, debug.json or lock left behind
+
+
+@pytest.mark.bad_input
+def test_a_start_that_fails_on_missing_uncertainty_maps_leaves_the_results_as_they_were(fine_tuned):
+    """A trainer folder that did not exist is gone again, with its fold, log, debug.json, plans and lock."""
+    from rehrseg_nnunet.planning import uncertainty_folder_of
+    results = fine_tuned["train_env"]["nnUNet_results"]
+    preprocessed = fine_tuned["root"] / "preprocessed" / "Dataset616_PhantomPseudoHR"
+    plans = json.loads((preprocessed / "REHRSegPlans.json").read_text())
+    maps = uncertainty_folder_of(str(preprocessed / plans["configurations"]["3d_fullres"]["data_identifier"]))
+    assert os.path.isdir(maps)
+    before = results_tree(results)
+    os.rename(maps, maps + "_hidden")
+    try:
+        result = run_script("nnUNetv2_train", ["616", "3d_fullres", "all", "-tr", "REHRSegTrainer_cpuSmoke",
+                                               "-p", "REHRSegPlans", "-device", "cpu"], fine_tuned["train_env"])
+    finally:
+        os.rename(maps + "_hidden", maps)
+    assert result.returncode != 0
+    assert "rehrseg_plan" in result.stdout + result.stderr  # says what to run
+    assert results_tree(results) == before
+    assert not os.path.exists(os.path.join(results, "Dataset616_PhantomPseudoHR",
+                                           "REHRSegTrainer_cpuSmoke__REHRSegPlans__3d_fullres"))
 
 
 def test_short_schedules_write_a_checkpoint_every_epoch(fine_tuned, monkeypatch):

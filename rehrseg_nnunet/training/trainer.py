@@ -6,8 +6,10 @@ Reach it with ``nnUNetv2_train D 3d_fullres F -tr REHRSegTrainer -p REHRSegPlans
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -57,6 +59,7 @@ from rehrseg_nnunet.training.fine_tuning import (
     install_pretrained_weights_hook,
     unwrap,
 )
+from rehrseg_nnunet.training.start_snapshot import StartSnapshot, fold_folder_of
 from rehrseg_nnunet.training.teacher import DistillationTeacher
 
 __all__ = ["REHRSegTrainer", "fail"]
@@ -102,7 +105,30 @@ class REHRSegTrainer(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = DEFAULT_DEVICE):
+        from nnunetv2.paths import nnUNet_results
+        fold_folder = fold_folder_of(nnUNet_results, plans, configuration, fold, type(self).__name__)
+        # before nnU-Net's __init__, which creates the fold folder: a failed start removes what it added
+        self._start_snapshot = StartSnapshot.take(fold_folder) if fold_folder else None
+        self._owns_fold = False
         super().__init__(plans, configuration, fold, dataset_json, device)
+        with self._undone_if_refused():
+            self._check_setup()
+
+    @contextlib.contextmanager
+    def _undone_if_refused(self) -> Iterator[None]:
+        """A refused or failed start (one-line error or any exception) leaves the results tree as it was."""
+        try:
+            yield
+        except BaseException:
+            if self.local_rank == 0 and self._start_snapshot is not None \
+                    and self._start_snapshot.fold_folder == self.output_folder:
+                if self._owns_fold:
+                    remove_checkpoint(os.path.join(self.output_folder, TRAINING_LOCK))
+                self._start_snapshot.undo(self._owns_fold, getattr(self, "log_file", None))
+            raise
+
+    def _check_setup(self) -> None:
+        """The plans, labels and stage contract this trainer needs, refused in one line."""
         if self.lr_target_rule not in ("majority", "centre"):
             fail(f"{type(self).__name__}.lr_target_rule is '{self.lr_target_rule}'; set it to 'majority' or "
                  "'centre'.")
@@ -145,11 +171,13 @@ class REHRSegTrainer(nnUNetTrainer):
                                       num_output_channels, allow_init=True, deep_supervision=enable_deep_supervision)
 
     def on_train_start(self) -> None:
-        self._claim_fold()
-        self.load_teacher()
-        super().on_train_start()  # builds the network (initialize) on a fresh start
-        self.carry_sr_model()
-        self._start_fine_tuning_if_pretrained()
+        with self._undone_if_refused():
+            self._claim_fold()
+            self.load_teacher()
+            super().on_train_start()  # builds the network (initialize) on a fresh start
+            self.carry_sr_model()
+            self._start_fine_tuning_if_pretrained()
+        self._start_snapshot = None  # started: from here on, checkpoints and logs are the fold's own
 
     def carry_sr_model(self) -> None:
         """A guided network predicts from super-resolved images: copy the dataset's SR model (checksum checked
@@ -228,7 +256,8 @@ class REHRSegTrainer(nnUNetTrainer):
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         if isinstance(filename_or_checkpoint, str):
-            filename_or_checkpoint = self._readable_checkpoint(filename_or_checkpoint)
+            with self._undone_if_refused():
+                filename_or_checkpoint = self._readable_checkpoint(filename_or_checkpoint)
         super().load_checkpoint(filename_or_checkpoint)
         self._use_fused_update(self.optimizer)
         self._apply_fine_tuning_state()
@@ -293,11 +322,10 @@ class REHRSegTrainer(nnUNetTrainer):
         os.makedirs(self.output_folder, exist_ok=True)
         lock = os.path.join(self.output_folder, TRAINING_LOCK)
         owner = claim_lock(lock)
-        if owner:
-            if os.path.isfile(self.log_file):  # this refused run's own log: leave the fold as it was
-                os.remove(self.log_file)
+        if owner:  # _undone_if_refused removes this refused run's own log
             fail(f"{self.output_folder} is being trained by {f'process {owner}' if owner > 0 else 'another process'} "
                  f"(lock {lock}); wait for it to finish or stop it before training this fold again.")
+        self._owns_fold = True
 
     def on_train_end(self) -> None:
         super().on_train_end()
