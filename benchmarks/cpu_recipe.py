@@ -1,4 +1,4 @@
-"""The README's CPU recipe, end to end on two genuinely thick-slice brain MRI (2 CPU cores, <= 30 min).
+"""The CPU recipe of docs/recipe.md, end to end on two genuinely thick-slice brain MRI (2 CPU cores, <= 30 min).
 
 Data: ../shared/data/thick_slice_real (pyradiomics test data: 256x256x23-25, 0.78 x 0.78 x 6.5 mm, int16,
 binary tumour label). Every step is the console command a user runs; each is timed:

@@ -1,6 +1,6 @@
 """SR-guided REHRSeg as a user runs it: train (REHRSegTrainer_cpuSmoke, guided by default), export with the
-README's line, install into an empty nnUNet_results with the SR model folder gone, --val, predict with both
-predictors; the carried SR model checked; the paper's network under its own name; rehrseg_super_resolve;
+export line of docs/nnunet_workflow.md, install into an empty nnUNet_results with the SR model folder gone, --val,
+predict with both predictors; the carried SR model checked; the paper's network under its own name; rehrseg_super_resolve;
 crash safety of outputs and checkpoints.
 """
 
@@ -57,7 +57,7 @@ def guided(tmp_path_factory, trained_sr_model):
         out[trainer] = run_script("nnUNetv2_train", ["617", "3d_fullres", "all", "-tr", trainer, "-p", "REHRSegPlans",
                                                      "-device", "cpu"], train_env)
         assert_ok(out[trainer])
-    # the README's export line, then an install into an empty nnUNet_results; the SR model folder is gone
+    # the export line of docs/nnunet_workflow.md, then an install into an empty nnUNet_results; no SR model folder
     out["zip"] = root / "rehrseg_617.zip"
     out["export"] = run_script("rehrseg_export_model", ["-d", "617", "-o", str(out["zip"]), "-tr", GUIDED], env)
     assert_ok(out["export"])
