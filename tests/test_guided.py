@@ -1,7 +1,7 @@
 """SR-guided REHRSeg as a user runs it: train (REHRSegTrainer_cpuSmoke, guided by default), export with the
 export line of docs/nnunet_workflow.md, install into an empty nnUNet_results with the SR model folder gone, --val,
-predict with both predictors; the carried SR model checked; the paper's network under its own name; rehrseg_super_resolve;
-crash safety of outputs and checkpoints.
+predict with both predictors; the carried SR model checked; the paper's network under its own name;
+rehrseg_super_resolve; crash safety of outputs and checkpoints.
 """
 
 import hashlib
