@@ -15,7 +15,14 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import assert_ok, assert_one_line_error, phantom_workspace, run_script, tree_digest
+from conftest import (
+    assert_ok,
+    assert_one_line_error,
+    copy_pseudohr,
+    phantom_workspace,
+    run_script,
+    tree_digest,
+)
 from phantoms import write_thick_slice_dataset
 
 SHEAR = (1.0, 0.2, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
@@ -139,14 +146,12 @@ def test_anisotropic_in_plane_spacing_gives_r_from_the_mean_and_scale_factor_ove
 
 # --- rehrseg_plan -----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def pseudohr_planned(tmp_path_factory, trained_sr_model):
+def pseudohr_planned(tmp_path_factory, trained_sr_model, pseudohr_template):
     """The session model's pseudo-HR dataset (r = 4), planned and preprocessed by stock nnU-Net."""
     root = tmp_path_factory.mktemp("plan_checks")
     workspace = phantom_workspace(root, trained_sr_model)
     raw, env = workspace["raw"], workspace["env"]
-    assert_ok(run_script("rehrseg_make_pseudohr", ["-d", "502", "-o", "646", "-device", "cpu"], env))
-    assert_ok(run_script("nnUNetv2_plan_and_preprocess", ["-d", "646", "-c", "3d_fullres", "-np", "1", "-npfp", "1"],
-                         env))
+    copy_pseudohr(pseudohr_template, workspace, "646", rehrseg_planned=False)
     return {"env": env, "raw": raw / "Dataset646_PhantomPseudoHR",
             "preprocessed": root / "preprocessed" / "Dataset646_PhantomPseudoHR"}
 

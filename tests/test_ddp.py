@@ -172,7 +172,7 @@ if __name__ == "__main__":
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 import torch  # noqa: E402
-from conftest import assert_ok, phantom_workspace, run_script  # noqa: E402
+from conftest import assert_ok, copy_pseudohr, phantom_workspace, run_script  # noqa: E402
 from test_fine_tuning import logged_learning_rates, stock_lr_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -222,14 +222,11 @@ def assert_same_weights(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def ddp(tmp_path_factory, trained_sr_model):
+def ddp(tmp_path_factory, trained_sr_model, pseudohr_template):
     root = tmp_path_factory.mktemp("ddp")
     workspace = phantom_workspace(root, trained_sr_model)
     results, env, train_env = workspace["results"], workspace["env"], workspace["train_env"]
-    assert_ok(run_script("rehrseg_make_pseudohr", ["-d", "502", "-o", DATASET, "-device", "cpu"], env))
-    for dataset, plans_only in (("502", ["--no_pp"]), (DATASET, [])):  # the LR model needs its plans alone
-        assert_ok(run_script("nnUNetv2_plan_and_preprocess", ["-d", dataset, "-c", "3d_fullres", "-np", "1",
-                                                              "-npfp", "1", *plans_only], env))
+    copy_pseudohr(pseudohr_template, workspace, DATASET)  # made, planned and preprocessed with the source's plans
     checkpoint = stock_lr_checkpoint(env, results)
     lr_plans = os.path.join(os.path.dirname(os.path.dirname(checkpoint)), "plans.json")
     assert_ok(run_script("rehrseg_plan", ["-d", DATASET, "--lr_plans", lr_plans, "-np", "1"], env))

@@ -15,7 +15,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import assert_ok, assert_one_line_error, phantom_workspace, run_script, tree_digest
+from conftest import (
+    assert_ok,
+    assert_one_line_error,
+    copy_pseudohr,
+    phantom_workspace,
+    run_script,
+    tree_digest,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -52,20 +59,16 @@ def stock_lr_checkpoint(env: dict, results, dataset: str = "Dataset502_Phantom")
 
 
 @pytest.fixture(scope="module")
-def fine_tuned(tmp_path_factory, trained_sr_model):
+def fine_tuned(tmp_path_factory, trained_sr_model, pseudohr_template):
     root = tmp_path_factory.mktemp("fine_tuning")
     workspace = phantom_workspace(root, trained_sr_model)
     results, sr_model, env, train_env = (workspace[k] for k in ("results", "sr_model", "env", "train_env"))
-    assert_ok(run_script("rehrseg_make_pseudohr", ["-d", "502", "-o", "616", "-device", "cpu"], env))
-    for dataset in ("502", "616"):
-        assert_ok(run_script("nnUNetv2_plan_and_preprocess", ["-d", dataset, "-c", "3d_fullres", "-np", "1",
-                                                              "-npfp", "1"], env))
+    # made, both datasets planned and preprocessed, and plans of REHRSeg's own topology (conftest's
+    # PHANTOM_PLAN_FLAGS): fine-tuning from the LR checkpoint must refuse them
+    copy_pseudohr(pseudohr_template, workspace, "616")
     checkpoint = stock_lr_checkpoint(env, results)
     out = {"root": root, "env": env, "train_env": train_env, "checkpoint": checkpoint, "sr_model": sr_model,
            "model": results / "Dataset616_PhantomPseudoHR" / f"{TRAINER}__REHRSegPlans__3d_fullres"}
-    # plans of REHRSeg's own topology first: fine-tuning from the LR checkpoint must refuse them
-    assert_ok(run_script("rehrseg_plan", ["-d", "616", "--patch_size", "16", "32", "32", "--base_features", "8",
-                                          "--max_features", "32", "-np", "1"], env))
     out["mismatch"] = run_script("nnUNetv2_train", ["616", "3d_fullres", "all", "-tr", TRAINER, "-p", "REHRSegPlans",
                                                     "-device", "cpu", "-pretrained_weights", checkpoint], train_env)
     shutil.rmtree(out["model"], ignore_errors=True)
@@ -87,7 +90,7 @@ def test_topology_mismatch_is_one_line_naming_the_plans_to_use(fine_tuned):
 
 def test_replanning_says_what_it_replaced(fine_tuned):
     assert "replaced the existing" in fine_tuned["replan"].stdout
-    assert "patch_size [16, 32, 32] ->" in fine_tuned["replan"].stdout
+    assert "patch_size [16, 32, 32] ->" in fine_tuned["replan"].stdout  # PHANTOM_PLAN_FLAGS' patch
 
 
 def test_every_lr_tensor_is_loaded_and_the_rate_is_the_fine_tuning_one(fine_tuned):

@@ -22,6 +22,7 @@ from conftest import (
     assert_ok,
     assert_one_line_error,
     console_script,
+    copy_pseudohr,
     phantom_workspace,
     run_script,
     tree_digest,
@@ -43,15 +44,11 @@ def predict_flags(trainer: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def guided(tmp_path_factory, trained_sr_model):
+def guided(tmp_path_factory, trained_sr_model, pseudohr_template):
     root = tmp_path_factory.mktemp("guided")
     workspace = phantom_workspace(root, trained_sr_model)
     raw, sr_model, env, train_env = (workspace[k] for k in ("raw", "sr_model", "env", "train_env"))
-    assert_ok(run_script("rehrseg_make_pseudohr", ["-d", "502", "-o", "617", "-device", "cpu"], env))
-    assert_ok(run_script("nnUNetv2_plan_and_preprocess", ["-d", "617", "-c", "3d_fullres", "-np", "1", "-npfp", "1"],
-                         env))
-    assert_ok(run_script("rehrseg_plan", ["-d", "617", "--patch_size", "16", "32", "32", "--base_features", "8",
-                                          "--max_features", "32", "-np", "1"], env))
+    copy_pseudohr(pseudohr_template, workspace, "617")  # made, planned and rehrseg_plan-ned as a user does
     out = {"root": root, "raw": raw, "env": env, "train_env": train_env, "sr_model": sr_model}
     for trainer in (GUIDED, PAPER):
         out[trainer] = run_script("nnUNetv2_train", ["617", "3d_fullres", "all", "-tr", trainer, "-p", "REHRSegPlans",

@@ -15,7 +15,7 @@ import time
 
 import pytest
 import torch
-from conftest import assert_ok, console_script, phantom_workspace, run_script, tree_digest
+from conftest import assert_ok, console_script, copy_pseudohr, phantom_workspace, run_script, tree_digest
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +75,7 @@ def write_guided_model(env: dict, sr_model) -> str:
 
 
 @pytest.fixture(scope="module")
-def parts(tmp_path_factory, trained_sr_model):
+def parts(tmp_path_factory, trained_sr_model, pseudohr_template):
     root = tmp_path_factory.mktemp("parts")
     workspace = phantom_workspace(root, trained_sr_model)
     env = workspace["env"]
@@ -88,11 +88,9 @@ def parts(tmp_path_factory, trained_sr_model):
     assert_ok(out["pseudohr_single"])
     out["pseudohr_parts"] = run_parts("rehrseg_make_pseudohr", ["-d", "502", "-o", TARGET, "-device", "cpu"],
                                       parts_env)
-    # a model to predict with: plans of the pseudo-HR dataset, random weights
-    assert_ok(run_script("nnUNetv2_plan_and_preprocess", ["-d", TARGET, "-c", "3d_fullres", "-np", "1", "-npfp", "1"],
-                         env))
-    assert_ok(run_script("rehrseg_plan", ["-d", TARGET, "--patch_size", "16", "32", "32", "--base_features", "8",
-                                          "--max_features", "32", "-np", "1"], env))
+    # a model to predict with: plans of the pseudo-HR dataset (the suite's, planned as a user plans it), random
+    # weights
+    copy_pseudohr(pseudohr_template, workspace, TARGET, raw=False)
     write_guided_model(env, workspace["sr_model"])
     inputs = workspace["raw"] / "Dataset502_Phantom" / "imagesTr"
     common = ["-i", str(inputs), "-d", TARGET, "-f", "all", "-device", "cpu", "-npp", "1", "-nps", "1"]

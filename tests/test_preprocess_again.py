@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import assert_ok, phantom_workspace, run_script, tree_digest
+from conftest import PHANTOM_PLAN_FLAGS, assert_ok, copy_pseudohr, phantom_workspace, run_script, tree_digest
 
 from rehrseg_nnunet.errors import RehrsegInputError
 from rehrseg_nnunet.planning import is_up_to_date
@@ -19,13 +19,10 @@ STOCK_PREPROCESS = ["-d", "647", "-c", "3d_fullres", "-np", "1", "-npfp", "1"]
 
 
 @pytest.mark.slow
-def test_stock_preprocessing_again_keeps_the_maps_and_training_trains(tmp_path, trained_sr_model):
+def test_stock_preprocessing_again_keeps_the_maps_and_training_trains(tmp_path, trained_sr_model, pseudohr_template):
     workspace = phantom_workspace(tmp_path, trained_sr_model)
     env = workspace["env"]
-    assert_ok(run_script("rehrseg_make_pseudohr", ["-d", "502", "-o", "647", "-device", "cpu"], env))
-    assert_ok(run_script("nnUNetv2_plan_and_preprocess", STOCK_PREPROCESS, env))
-    assert_ok(run_script("rehrseg_plan", ["-d", "647", "--patch_size", "16", "32", "32", "--base_features", "8",
-                                          "--max_features", "32", "-np", "1"], env))
+    copy_pseudohr(pseudohr_template, workspace, "647")  # made, planned (STOCK_PREPROCESS) and rehrseg_plan-ned
     preprocessed = tmp_path / "preprocessed" / "Dataset647_PhantomPseudoHR"
     data, maps = preprocessed / "nnUNetPlans_3d_fullres", preprocessed / "nnUNetPlans_3d_fullres_rehrseg_uncertainty"
     assert sorted(os.listdir(maps)) == ["case000_uncertainty.npy", "case001_uncertainty.npy"]
@@ -46,8 +43,7 @@ def test_stock_preprocessing_again_keeps_the_maps_and_training_trains(tmp_path, 
 
     # rehrseg_plan again redoes the maps, which are older than their re-preprocessed cases
     stamps = {p.name: p.stat().st_mtime_ns for p in maps.iterdir()}
-    assert_ok(run_script("rehrseg_plan", ["-d", "647", "--patch_size", "16", "32", "32", "--base_features", "8",
-                                          "--max_features", "32", "-np", "1"], env))
+    assert_ok(run_script("rehrseg_plan", ["-d", "647", *PHANTOM_PLAN_FLAGS], env))
     assert all(p.stat().st_mtime_ns > stamps[p.name] for p in maps.iterdir())
 
 
