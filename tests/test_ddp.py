@@ -14,6 +14,7 @@ single-process checks).
 """
 
 import json
+import multiprocessing
 import os
 import shutil
 import socket
@@ -119,7 +120,10 @@ def _run_rank(spec: dict, rank: int) -> None:
     maybe_load_checkpoint(trainer, spec["c"], False, spec.get("pretrained_weights"))
     try:
         trainer.run_training()
-        trainer.perform_actual_validation(False)
+        # with the threads nnUNetv2_train gives a CPU run (run_training_entry), so that the single-process --val of
+        # the test sums in the same order; probabilities too (.npz), as --val --npz writes them
+        torch.set_num_threads(multiprocessing.cpu_count())
+        trainer.perform_actual_validation(True)
         record["finished"] = True
     except Interrupted:
         record["finished"] = False
@@ -375,9 +379,11 @@ def test_continue_keeps_the_fine_tuning_rate(ddp):
 
 
 def test_validation_splits_the_cases_and_matches_a_single_process_prediction(ddp):
-    """The two ranks' HR exports against nnU-Net's single-process validation (``nnUNetv2_train … --val``) of the
-    same checkpoint_final: the same pseudo-HR inputs (label-guided SR for training cases, which rehrseg_predict
-    cannot use on unlabelled inputs), the same predictor, so equal on the exact HR grid."""
+    """The two ranks' HR exports against nnU-Net's single-process validation (``nnUNetv2_train … --val --npz``) of
+    the same checkpoint_final: the same pseudo-HR inputs (label-guided SR for training cases, which rehrseg_predict
+    cannot use on unlabelled inputs), the same predictor and the same number of threads (with one thread against
+    two, 0.4 % of the probabilities differed, by up to 1.2e-3), so the same probabilities and labels on the exact HR
+    grid."""
     predicted = [sorted(m.split()[1] for m in record["messages"] if m.startswith("predicting "))
                  for record in ddp["second"]]
     assert predicted == [["case000"], ["case001"]]  # val_keys[rank::world_size]
@@ -387,7 +393,7 @@ def test_validation_splits_the_cases_and_matches_a_single_process_prediction(ddp
     assert len(json.loads((by_ranks / "summary.json").read_text())["metric_per_case"]) == 2
     shutil.rmtree(validation)
     assert_ok(run_script("nnUNetv2_train", [DATASET, "3d_fullres", "all", "-tr", TRAINER, "-p", PLANS, "-device", "cpu",
-                                            "--val"], ddp["train_env"]))
+                                            "--val", "--npz"], ddp["train_env"]))
     lr_images = ddp["root"] / "raw" / "Dataset502_Phantom" / "imagesTr"
     for case in ("case000", "case001"):
         ours = sitk.ReadImage(str(by_ranks / f"{case}.nii.gz"))
@@ -396,4 +402,7 @@ def test_validation_splits_the_cases_and_matches_a_single_process_prediction(ddp
         assert ours.GetSize() == theirs.GetSize() and ours.GetSize()[2] == 4 * lr.GetSize()[2]  # the HR grid
         assert ours.GetSpacing() == theirs.GetSpacing() and ours.GetOrigin() == theirs.GetOrigin()
         assert ours.GetDirection() == theirs.GetDirection()
+        probabilities = [np.load(folder / f"{case}.npz")["probabilities"] for folder in (by_ranks, validation)]
+        assert probabilities[0].shape == (3, *sitk.GetArrayViewFromImage(ours).shape)
+        assert np.array_equal(*probabilities)
         assert np.array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(theirs))
