@@ -41,7 +41,8 @@ of training (this process, augmentation in-process on CPU) and of prediction (th
 
 Everything resumes: a re-run skips finished models (an interrupted one continues from its latest
 checkpoint), predictions and the SR model; work lives in ``--work``, one folder per split. Writes
-``--output`` (benchmarks/results/brats_4x.json) and a figure of the first test case (``--figure``).
+``--output`` (benchmarks/results/brats_4x.json) after every model's prediction (the keys not yet scored listed as
+``pending``) and, at the end, a figure of the first test case (``--figure``).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -551,8 +553,12 @@ def make_label_free_dataset(raw: str, pseudohr: str, sr_model: str, args) -> Non
         "description": f"{pseudohr} with imagesTr super-resolved without the LR label (benchmarks/brats_4x.py)"})
 
 
-def run_split(name: str, train_cases: list[str], test_cases: list[str], data: str, args) -> dict:
-    """Everything for one split; returns per result key: per-case scores, seconds and provenance."""
+def run_split(name: str, train_cases: list[str], test_cases: list[str], data: str, args,
+              on_progress: Callable[[dict], None] | None = None) -> dict:
+    """Everything for one split; returns per result key: per-case scores, seconds and provenance.
+
+    ``on_progress`` gets the scores so far after each model's prediction, so that the results of a split cut short
+    (a lost work folder) are already written for the models it finished."""
     work = split_work_folder(os.path.abspath(args.work), name, train_cases, test_cases)
     env = {"nnUNet_raw": os.path.join(work, "nnUNet_raw"),
            "nnUNet_preprocessed": os.path.join(work, "nnUNet_preprocessed"),
@@ -600,8 +606,13 @@ def run_split(name: str, train_cases: list[str], test_cases: list[str], data: st
             run([script("rehrseg_plan"), "-d", str(PSEUDOHR_ID), "--lr_plans", lr_plans, "-np", "1"])
         seconds[model.name] = train(model, args)
         time_training(model, args)
-        if model.name != LR_INIT:
-            predict(model, os.path.join(work, "predictions", model.name), args)
+        if model.name == LR_INIT:
+            continue
+        predict(model, os.path.join(work, "predictions", model.name), args)
+        for key in (k for k in args.methods if k in ENSEMBLES):  # as soon as its members are predicted
+            predict_ensemble(key, os.path.join(work, "predictions"), test_cases)
+        if on_progress is not None:
+            on_progress(score_split(work, models, seconds, test_cases, references, args))
     for key in (k for k in args.methods if k in ENSEMBLES):
         predict_ensemble(key, os.path.join(work, "predictions"), test_cases)
     return score_split(work, models, seconds, test_cases, references, args)
@@ -770,9 +781,25 @@ def main() -> None:
         sys.exit(f"no case folder {', '.join(missing)} under {data}; "
                  f"pass existing cases to --train-cases/--test-cases.")
     started = time.perf_counter()
-    pooled: dict[str, dict] = {}
+    finished: dict[str, dict] = {}
     for name, train_cases, test_cases in splits(args):
-        for key, result in run_split(name, train_cases, test_cases, data, args).items():
+        def write_progress(scores: dict, split: str = name) -> None:
+            write_results({**finished, split: scores}, args, started)
+
+        finished[name] = run_split(name, train_cases, test_cases, data, args, on_progress=write_progress)
+    methods = write_results(finished, args, started)
+    save_figure(args.figure, data, args)
+    print_table(methods)
+    print("\n" + markdown_table(methods))
+    log(f"results: {args.output}; figure: {args.figure}; this run {(time.perf_counter() - started) / 60:.1f} min")
+
+
+def write_results(split_results: dict[str, dict], args, started: float) -> dict:
+    """Pool the scores of the splits run so far (split name -> result key -> scores), write ``args.output``
+    (keys not yet scored on every test case listed as ``pending``) and return the pooled methods."""
+    pooled: dict[str, dict] = {}
+    for name, split_result in split_results.items():
+        for key, result in split_result.items():
             entry = pooled.setdefault(key, {k: v for k, v in result.items() if k != "per_case"})
             entry.setdefault("per_case", {}).update({f"{name}/{c}": s for c, s in result["per_case"].items()})
             entry.setdefault("train_seconds_per_split", {})[name] = result["train_seconds"]
@@ -811,10 +838,7 @@ def main() -> None:
         entry["source"] = f"brats_4x.py at commit {results['commit']}"
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     write_json_atomically(args.output, results)
-    save_figure(args.figure, data, args)
-    print_table(methods)
-    print("\n" + markdown_table(methods))
-    log(f"results: {args.output}; figure: {args.figure}; this run {results['seconds_this_run'] / 60:.1f} min")
+    return methods
 
 
 if __name__ == "__main__":

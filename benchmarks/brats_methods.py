@@ -89,20 +89,21 @@ ENSEMBLES: dict[str, tuple[str, ...]] = {
 }
 ENSEMBLE_MEMBERS = {key for members in ENSEMBLES.values() for key in members}
 
-#: result key -> method; the order is the training order: cheapest first, so that a run cut short has REHRSeg and
-#: the LR baseline scored before the HR-grid baselines
+#: result key -> method; the order is the training order: the rows that decide between the paths first (REHRSeg
+#: from its LR start, then SR + stock nnU-Net, the members of the ensembles), the LR and interpolation baselines and
+#: the oracle after them, so that a run cut short has the deciding rows scored
 METHODS: dict[str, Method] = {
     LR_INIT: Method("nnUNetTrainer", "lr", "lr", schedule="lr_init", plans=INIT_PLANS, scored=False),
-    "nnunet_lr_upsampled_nearest": Method("nnUNetTrainer", "lr", "lr", to_hr="nearest", model="nnunet_lr"),
-    "nnunet_lr_upsampled_sdf": Method("nnUNetTrainer", "lr", "lr", to_hr="shape_based", model="nnunet_lr"),
     **{key: Method(trainer, "pseudohr", "lr", schedule="fine_tune", predictor="rehrseg_predict",
                    plans=REHRSEG_PLANS, save_probabilities=key in ENSEMBLE_MEMBERS)
        for key, trainer in REHRSEG_TRAINERS.items()},
-    "interp_nnunet": Method("nnUNetTrainer", "interp", "interp"),
     # the thick-slice test image super-resolved by the split's SR model, then stock nnU-Net ("SR + stock nnU-Net")
     "sr_nnunet": Method("nnUNetTrainer", "pseudohr", "lr", super_resolve=True, save_probabilities=True),
     # the same, trained on pseudo-HR images super-resolved without the LR label, as its test images are
     "sr_nnunet_labelFree": Method("nnUNetTrainer", "pseudohr_labelFree", "lr", super_resolve=True),
+    "nnunet_lr_upsampled_nearest": Method("nnUNetTrainer", "lr", "lr", to_hr="nearest", model="nnunet_lr"),
+    "nnunet_lr_upsampled_sdf": Method("nnUNetTrainer", "lr", "lr", to_hr="shape_based", model="nnunet_lr"),
+    "interp_nnunet": Method("nnUNetTrainer", "interp", "interp"),
     "oracle_hr": Method("nnUNetTrainer", "hr", "hr"),  # the true 1 mm images and labels: the ceiling
 }
 

@@ -6,7 +6,9 @@
 # commit with its own virtual environment, detached, e.g.
 #   setsid nohup bash benchmarks/decision_run.sh /work/decision/venv/bin/python /work/decision/work \
 #       /work/decision/results > /work/decision/run.log 2>&1 < /dev/null &
-# Each finished fold writes RESULTS/<test case>.json (pending empty); copy it to benchmarks/results/brats_4x_cv/.
+# RESULTS/<test case>.json is rewritten after every model's prediction (its pending list says what is left; empty
+# when the fold is finished): copy it to benchmarks/results/brats_4x_cv/ and commit it, so that a lost work folder
+# costs only what was not yet scored.
 set -euo pipefail
 PYTHON=${1:?python of the virtual environment of the run}
 WORK=${2:?work folder (outside the repository)}
