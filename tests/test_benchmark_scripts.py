@@ -247,3 +247,34 @@ def test_the_cv_merge_pools_fold_jsons_scores_both_grids_and_recommends_by_the_t
     (folds / "pat0003.json").write_text(json.dumps(other))
     result = cv.merge(str(folds), [], str(BENCHMARKS / "results"))
     assert result["recommended"] == "rehrseg_paper"  # within 0.01 of the stem (0.004 ahead) and faster to predict
+
+
+def test_a_fold_cut_short_has_its_finished_models_written_and_merged_as_pending(tmp_path):
+    """The runner writes the fold JSON after every model's prediction (write_results with the scores so far), so a
+    lost work folder costs only what was not yet scored; the merge takes such a fold's rows and lists the rest as
+    pending."""
+    import argparse
+    brats_4x = load_brats_4x()
+    spec = importlib.util.spec_from_file_location("brats_4x_cv", BENCHMARKS / "brats_4x_cv.py")
+    cv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cv)
+    guided = json.loads((BENCHMARKS / "results" / "brats_4x_4000_guided.json").read_text())
+    paper = guided["methods"]["rehrseg_paper"]
+    scores = next(iter(paper["per_case"].values()))
+    split_scores = {"rehrseg_paper": {"per_case": {"pat0003": scores}, "train_seconds": 600.0, "trainer": "x",
+                                      **{cost: paper.get(cost) for cost in brats_4x.COST_KEYS}}}
+    output = tmp_path / "folds" / "pat0003.json"
+    args = argparse.Namespace(train_cases=["pat0001", "pat0002", "pat0003"], test_cases=["pat0004"], folds=0,
+                              leave_one_out=["pat0003"], output=str(output), lr_epochs=96, finetune_epochs=64,
+                              iterations=25, val_iterations=2, patch_size=[32, 64, 64], base_features=16,
+                              max_features=128, batch_size=2, sr_steps=[1000, 300, 600], seed=0, device="cpu",
+                              methods=["rehrseg_paper", "sr_nnunet"])
+    methods = brats_4x.write_results({"test_pat0003": split_scores}, args, 0.0)
+    written = json.loads(output.read_text())
+    assert written["test_cases"] == ["pat0003"] and written["pending"] == ["sr_nnunet"]
+    assert set(methods) == set(written["methods"]) == {"rehrseg_paper"}
+    assert list(written["methods"]["rehrseg_paper"]["per_case"]) == ["test_pat0003/pat0003"]
+    result = cv.merge(str(output.parent), [], str(BENCHMARKS / "results"))
+    assert result["methods"]["rehrseg_paper"]["per_case"]["pat0003"]["hr_class_mean"] == pytest.approx(
+        cv.class_mean(scores, "hr"))
+    assert "sr_nnunet" in result["pending"] and result["folds"]["pat0003"]["pending"] == ["sr_nnunet"]
