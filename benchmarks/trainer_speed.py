@@ -144,6 +144,7 @@ def main() -> None:
     from rehrseg_nnunet.predict import REHRSegPredictor, export_hr_prediction
     from rehrseg_nnunet.training.trainer import REHRSegTrainer
     from rehrseg_nnunet.training.variants import REHRSegTrainer_noHRHead
+    from brats_methods import recommended_key  # benchmarks/ is this script's folder, first on sys.path
 
     folder = os.path.join(env["nnUNet_preprocessed"], "Dataset702_SpeedPseudoHR")
     with open(os.path.join(folder, "REHRSegPlans.json")) as handle:
@@ -169,7 +170,10 @@ def main() -> None:
     results = {"patch_size": rehrseg_config["patch_size"], "stock_patch_size": stock_config["patch_size"],
                "lr_patch_size": rehrseg_config[CONTRACT_KEY]["lr_patch_size"],
                "batch_size": rehrseg_config["batch_size"],
-               "device": args.device, "iterations": args.iterations}
+               "device": args.device, "iterations": args.iterations,
+               # the class `-tr REHRSegTrainer` trains, as shipped: its design (hr_guidance) is what these times are of
+               "rehrseg_trainer": {"class": f"{REHRSegTrainer.__module__}.{REHRSegTrainer.__qualname__}",
+                                   "hr_guidance": REHRSegTrainer.hr_guidance, "design": recommended_key()}}
     results["iteration_seconds_nnunet"] = time_training(nnUNetTrainer, stock_plans, dataset_json, args.device,
                                                         args.iterations)
     results["iteration_seconds_rehrseg"] = time_training(REHRSegTrainer, rehrseg_plans, dataset_json, args.device,
