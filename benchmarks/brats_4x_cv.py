@@ -2,7 +2,9 @@
 
 Reads only committed files, so a lost work folder costs only an unfinished fold:
 - ``benchmarks/results/brats_4x_cv/<test case>.json``: one leave-one-out fold each, written by
-  ``benchmarks/brats_4x.py`` (run by ``benchmarks/decision_run.sh``);
+  ``benchmarks/brats_4x.py`` (run by ``benchmarks/decision_run.sh``) after every model it predicts, so a fold cut
+  short has the rows it finished; ``<test case>.<part>.json``: the rest of a fold whose work folder was lost, run
+  again for its pending rows only (a part's row replaces the same row of the files before it, in name order);
 - ``--committed KEY=FILE`` rows for a test case that its fold did not run fresh (default: pat0004's
   ``nnunet_lr_upsampled_sdf``, ``interp_nnunet`` and ``oracle_hr`` from ``brats_4x_4000.json``), each marked
   with its ``source``.
@@ -55,25 +57,26 @@ def case_of(key: str) -> str:
     return key.split("/")[-1]
 
 
-def read_folds(folder: str) -> dict[str, dict]:
-    """Test case -> that fold's JSON, for every fold JSON in ``folder``."""
-    folds = {}
-    for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+def read_folds(folder: str) -> dict[str, list[dict]]:
+    """Test case -> its fold's JSONs (the fold, then its parts, in name order), for every JSON in ``folder``."""
+    folds: dict[str, list[dict]] = {}
+    for path in sorted(glob.glob(os.path.join(folder, "*.json")), key=lambda p: os.path.basename(p)[:-len(".json")].split(".")):
         with open(path) as handle:
             fold = json.load(handle)
         for case in fold["test_cases"]:
-            folds[case] = {**fold, "path": os.path.relpath(path, os.path.dirname(HERE))}
+            folds.setdefault(case, []).append({**fold, "path": os.path.relpath(path, os.path.dirname(HERE))})
     return folds
 
 
-def rows_per_case(folds: dict[str, dict], committed: list[str], results: str) -> dict[str, dict[str, dict]]:
-    """method -> test case -> the row that scores it (fold rows first; a committed row only where the fold has
-    none), with ``source`` set."""
+def rows_per_case(folds: dict[str, list[dict]], committed: list[str], results: str) -> dict[str, dict[str, dict]]:
+    """method -> test case -> the row that scores it (fold rows first, a later part's over an earlier file's; a
+    committed row only where no fold file has one), with ``source`` set."""
     rows: dict[str, dict[str, dict]] = {}
-    for case, fold in folds.items():
-        for key, row in fold["methods"].items():
-            if case_of(next(iter(row["per_case"]))) == case:
-                rows.setdefault(key, {})[case] = {**row, "source": row.get("source") or fold["path"]}
+    for case, parts in folds.items():
+        for fold in parts:
+            for key, row in fold["methods"].items():
+                if case_of(next(iter(row["per_case"]))) == case:
+                    rows.setdefault(key, {})[case] = {**row, "source": row.get("source") or fold["path"]}
     for spec in committed:
         target, file_name = spec.split("=", 1)
         case, key = target.split(":", 1)
@@ -191,9 +194,10 @@ def merge(folds_folder: str, committed: list[str], results: str) -> dict:
             "complete": complete, "pending": [key for key in DECIDING if key not in complete],
             "spearman_lr_vs_hr_class_mean": spearman_per_case(deciding),
             "verdict": verdict(deciding, recommended) if recommended in deciding else None,
-            "folds": {case: {"path": fold["path"], "commit": fold.get("commit"), "command": fold.get("command"),
-                             "budget": fold.get("budget"), "pending": fold.get("pending")}
-                      for case, fold in folds.items()}}
+            "folds": {case: [{"path": fold["path"], "commit": fold.get("commit"), "command": fold.get("command"),
+                              "budget": fold.get("budget"), "pending": fold.get("pending"),
+                              "methods": sorted(fold["methods"])} for fold in parts]
+                      for case, parts in folds.items()}}
 
 
 def table_cell(row: dict, name: str) -> str:

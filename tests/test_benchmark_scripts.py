@@ -277,4 +277,12 @@ def test_a_fold_cut_short_has_its_finished_models_written_and_merged_as_pending(
     result = cv.merge(str(output.parent), [], str(BENCHMARKS / "results"))
     assert result["methods"]["rehrseg_paper"]["per_case"]["pat0003"]["hr_class_mean"] == pytest.approx(
         cv.class_mean(scores, "hr"))
-    assert "sr_nnunet" in result["pending"] and result["folds"]["pat0003"]["pending"] == ["sr_nnunet"]
+    assert "sr_nnunet" in result["pending"] and result["folds"]["pat0003"][0]["pending"] == ["sr_nnunet"]
+    # the work folder lost: the pending row run again on its own is a part of the fold, merged beside its rows
+    sr_scores = {**split_scores["rehrseg_paper"], "trainer": "nnUNetTrainer"}
+    part_args = argparse.Namespace(**{**vars(args), "methods": ["sr_nnunet"],
+                                      "output": str(output.parent / "pat0003.b.json")})
+    brats_4x.write_results({"test_pat0003": {"sr_nnunet": sr_scores}}, part_args, 0.0)
+    result = cv.merge(str(output.parent), [], str(BENCHMARKS / "results"))
+    assert {"rehrseg_paper", "sr_nnunet"} <= set(result["methods"]) and "sr_nnunet" not in result["pending"]
+    assert [part["path"].split("/")[-1] for part in result["folds"]["pat0003"]] == ["pat0003.json", "pat0003.b.json"]
