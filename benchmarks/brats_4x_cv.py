@@ -229,6 +229,39 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+#: how a user runs each path (README, "Which path should I use?")
+HOW = {
+    "sr_nnunet": "`rehrseg_make_pseudohr`, stock `nnUNetv2_train`; `rehrseg_super_resolve` + `nnUNetv2_predict`",
+    "sr_nnunet_labelFree": "as `sr_nnunet`, trained on images super-resolved without the LR label",
+    "rehrseg_paper": "`-tr REHRSegTrainer_paper`, fine-tuned from the LR nnU-Net; `rehrseg_predict`",
+    "rehrseg_hrStem": "`-tr REHRSegTrainer_hrStem`, fine-tuned from the LR nnU-Net; `rehrseg_predict`",
+    CHOSEN_ENSEMBLE: "mean of the HR probabilities of {ensembled} and `sr_nnunet`",
+    "interp_nnunet": "stock nnU-Net on cubic-upsampled images and shape-based labels",
+    "nnunet_lr_upsampled_sdf": "stock nnU-Net on the thick slices, shape-based upsampling",
+    "oracle_hr": "stock nnU-Net on the true 1 mm images and labels (the ceiling)",
+}
+
+
+def readme_table(result: dict) -> str:
+    """The README's table: quality (HR class mean ± std over test cases, per case, whole-tumour Dice and HD95) and
+    cost (2 CPU cores, each timed alone) of every path, best class mean first, the oracle last."""
+    cases = result["test_cases"]
+    lines = ["| path | how | HR class mean | " + " | ".join(cases) + " | whole tumour Dice (HD95 mm) | "
+             "train s/iteration | predict s/volume |", "|---" * (len(cases) + 6) + "|"]
+    order = sorted(result["methods"], key=lambda k: (k == "oracle_hr", -result["methods"][k]["per_class_mean_hr_dice"]))
+    for key in order:
+        row = result["methods"][key]
+        name = f"**{key}**" if key == result.get("recommended") else key
+        how = HOW.get(key, "").format(ensembled=f"`{row.get('ensembled')}`")
+        mean = row["per_class_mean_hr_dice"]
+        spread = np.std([c["hr_class_mean"] for c in row["per_case"].values() if c["hr_class_mean"] is not None])
+        per_case = [number(row["per_case"][c]["hr_class_mean"], 3) if c in row["per_case"] else "–" for c in cases]
+        lines.append(f"| {name} | {how} | {mean:.3f} ± {spread:.3f} | " + " | ".join(per_case)
+                     + f" | {row['hr_dice']:.3f} ({row['hr_hd95']:.1f}) | {number(row['train_seconds_per_iteration'], 2)}"
+                     f" | {number(row['predict_seconds_per_volume'], 0)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     results = os.path.join(HERE, "results")
@@ -243,6 +276,7 @@ def main() -> None:
     from rehrseg_nnunet.file_writing import write_json_atomically
     write_json_atomically(args.output, result)
     print(markdown(result))
+    print("\nREADME (Which path should I use?):\n" + readme_table(result))
     print("\nSpearman rho (LR-grid vs HR class mean, per test case):",
           {c: (None if v["rho"] is None else round(v["rho"], 3))
            for c, v in result["spearman_lr_vs_hr_class_mean"].items()})

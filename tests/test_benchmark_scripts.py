@@ -286,3 +286,7 @@ def test_a_fold_cut_short_has_its_finished_models_written_and_merged_as_pending(
     result = cv.merge(str(output.parent), [], str(BENCHMARKS / "results"))
     assert {"rehrseg_paper", "sr_nnunet"} <= set(result["methods"]) and "sr_nnunet" not in result["pending"]
     assert [part["path"].split("/")[-1] for part in result["folds"]["pat0003"]] == ["pat0003.json", "pat0003.b.json"]
+    table = cv.readme_table(result).splitlines()
+    assert len(table) == 2 + len(result["methods"])
+    row = next(line for line in table if line.startswith("| rehrseg_paper") or line.startswith("| **rehrseg_paper"))
+    assert f"| {result['methods']['rehrseg_paper']['per_class_mean_hr_dice']:.3f} ± 0.000 |" in row
