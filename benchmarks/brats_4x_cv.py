@@ -60,7 +60,10 @@ def case_of(key: str) -> str:
 def read_folds(folder: str) -> dict[str, list[dict]]:
     """Test case -> its fold's JSONs (the fold, then its parts, in name order), for every JSON in ``folder``."""
     folds: dict[str, list[dict]] = {}
-    for path in sorted(glob.glob(os.path.join(folder, "*.json")), key=lambda p: os.path.basename(p)[:-len(".json")].split(".")):
+    def name_parts(path: str) -> list[str]:  # pat0003.json before pat0003.b.json
+        return os.path.basename(path)[:-len(".json")].split(".")
+
+    for path in sorted(glob.glob(os.path.join(folder, "*.json")), key=name_parts):
         with open(path) as handle:
             fold = json.load(handle)
         for case in fold["test_cases"]:
@@ -257,7 +260,8 @@ def readme_table(result: dict) -> str:
         spread = np.std([c["hr_class_mean"] for c in row["per_case"].values() if c["hr_class_mean"] is not None])
         per_case = [number(row["per_case"][c]["hr_class_mean"], 3) if c in row["per_case"] else "–" for c in cases]
         lines.append(f"| {name} | {how} | {mean:.3f} ± {spread:.3f} | " + " | ".join(per_case)
-                     + f" | {row['hr_dice']:.3f} ({row['hr_hd95']:.1f}) | {number(row['train_seconds_per_iteration'], 2)}"
+                     + f" | {row['hr_dice']:.3f} ({row['hr_hd95']:.1f})"
+                     f" | {number(row['train_seconds_per_iteration'], 2)}"
                      f" | {number(row['predict_seconds_per_volume'], 0)} |")
     return "\n".join(lines)
 

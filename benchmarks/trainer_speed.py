@@ -136,6 +136,7 @@ def main() -> None:
         "--base_features", str(args.base_features), "--max_features", str(8 * args.base_features), "-np", "1")
     os.environ["nnUNet_n_proc_DA"] = "0"
 
+    from brats_methods import recommended_key  # benchmarks/ is this script's folder, first on sys.path
     from nnunetv2.inference import predict_from_raw_data
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -144,7 +145,6 @@ def main() -> None:
     from rehrseg_nnunet.predict import REHRSegPredictor, export_hr_prediction
     from rehrseg_nnunet.training.trainer import REHRSegTrainer
     from rehrseg_nnunet.training.variants import REHRSegTrainer_noHRHead
-    from brats_methods import recommended_key  # benchmarks/ is this script's folder, first on sys.path
 
     folder = os.path.join(env["nnUNet_preprocessed"], "Dataset702_SpeedPseudoHR")
     with open(os.path.join(folder, "REHRSegPlans.json")) as handle:
