@@ -731,6 +731,19 @@ def markdown_table(methods: dict) -> str:
     return "\n".join(lines)
 
 
+def processor_name() -> str:
+    """The CPU's model name where Linux tells it (costs timed on different CPUs differ by 2x), else its
+    architecture."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def runner_commit() -> str:
     """The commit of the repository this runner runs from, with ``-dirty`` when tracked files differ from it."""
     def git(*arguments: str) -> str:
@@ -828,7 +841,7 @@ def write_results(split_results: dict[str, dict], args, started: float) -> dict:
                    "hr_patch_size": args.patch_size, "base_features": args.base_features,
                    "max_features": args.max_features, "batch_size": args.batch_size, "sr_steps": args.sr_steps,
                    "test_time_mirroring": False, "seed": args.seed},
-        "device": f"{args.device} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+        "device": f"{args.device} ({processor_name()}, {os.cpu_count()} cores, torch "
                   f"{torch.__version__})",
         "seconds_this_run": time.perf_counter() - started,
         "command": "python benchmarks/brats_4x.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),

@@ -266,6 +266,24 @@ def readme_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+#: the lines around the table in README.md that ``--readme`` rewrites
+README_MARKERS = ("<!-- table: python benchmarks/brats_4x_cv.py --readme README.md -->", "<!-- end of table -->")
+
+
+def with_readme_table(readme: str, table: str) -> str:
+    """``readme`` with the text between :data:`README_MARKERS` replaced by ``table``.
+
+    Raises:
+        ValueError: where the markers are not there once each, in order.
+    """
+    start, end = README_MARKERS
+    if readme.count(start) != 1 or readme.count(end) != 1 or readme.index(start) > readme.index(end):
+        raise ValueError(f"README.md should hold the line '{start}', then the table, then '{end}', once each; add "
+                         "them to the section 'Which path should I use?'.")
+    before, rest = readme.split(start)
+    return before + start + "\n" + table + "\n" + end + rest.split(end, 1)[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     results = os.path.join(HERE, "results")
@@ -273,6 +291,8 @@ def main() -> None:
     parser.add_argument("--committed", nargs="*", default=DEFAULT_COMMITTED, metavar="CASE:KEY=FILE",
                         help="rows taken from an earlier results JSON (in benchmarks/results) where no fold ran them")
     parser.add_argument("--output", default=os.path.join(results, "brats_4x_cv.json"))
+    parser.add_argument("--readme", metavar="README.md", help="also rewrite the table of this README between "
+                        "its markers (README_MARKERS)")
     args = parser.parse_args()
     if not glob.glob(os.path.join(args.folds, "*.json")):
         sys.exit(f"no fold JSON in {args.folds}; run benchmarks/decision_run.sh and copy each finished fold there.")
@@ -286,6 +306,16 @@ def main() -> None:
            for c, v in result["spearman_lr_vs_hr_class_mean"].items()})
     print(f"recommended: {result['recommended']}; verdict: {json.dumps(result['verdict'])}")
     print(f"pending: {result['pending']}; wrote {args.output}")
+    if args.readme:
+        with open(args.readme) as handle:
+            readme = handle.read()
+        try:
+            readme = with_readme_table(readme, readme_table(result))
+        except ValueError as error:
+            sys.exit(f"{args.readme}: {error}")
+        with open(args.readme, "w") as handle:
+            handle.write(readme)
+        print(f"rewrote the table of {args.readme}")
 
 
 if __name__ == "__main__":

@@ -290,3 +290,26 @@ def test_a_fold_cut_short_has_its_finished_models_written_and_merged_as_pending(
     assert len(table) == 2 + len(result["methods"])
     row = next(line for line in table if line.startswith("| rehrseg_paper") or line.startswith("| **rehrseg_paper"))
     assert f"| {result['methods']['rehrseg_paper']['per_class_mean_hr_dice']:.3f} ± 0.000 |" in row
+    # --readme: the table between the README's markers is replaced, the rest of the README kept as it was
+    start, end = cv.README_MARKERS
+    readme = f"# title\n\n## Which path should I use?\n\n{start}\n| old | table |\n{end}\n\ntext after\n"
+    rewritten = cv.with_readme_table(readme, cv.readme_table(result))
+    assert "| old | table |" not in rewritten and cv.readme_table(result) in rewritten
+    assert rewritten.startswith("# title\n") and rewritten.endswith(f"{end}\n\ntext after\n")
+    assert cv.with_readme_table(rewritten, cv.readme_table(result)) == rewritten
+    with pytest.raises(ValueError, match="Which path should I use"):
+        cv.with_readme_table(readme.replace(end, ""), "| table |")
+
+
+def test_the_readme_quotes_the_decision_json():
+    """Once benchmarks/results/brats_4x_cv.json is committed, README's 'Which path should I use?' table is the one
+    that JSON gives (rewritten by `python benchmarks/brats_4x_cv.py --readme README.md`)."""
+    decision = BENCHMARKS / "results" / "brats_4x_cv.json"
+    if not decision.is_file():
+        pytest.skip("benchmarks/results/brats_4x_cv.json is not committed yet: the decision run (issue 34) has not "
+                    "finished its folds")
+    spec = importlib.util.spec_from_file_location("brats_4x_cv", BENCHMARKS / "brats_4x_cv.py")
+    cv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cv)
+    readme = (BENCHMARKS.parent / "README.md").read_text()
+    assert cv.readme_table(json.loads(decision.read_text())) in readme
