@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import time
+import zipfile
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -240,6 +241,26 @@ def hash_mismatch(path: str, log: Callable[[str], None] | None = None) -> str | 
         return None
     return (f"its SHA-256 {actual[:12]}... differs from the {expected[:12] or 'unreadable record'}... recorded in "
             f"{os.path.basename(hash_file(path))}: the file is damaged")
+
+
+def checkpoint_damage(path: str, log: Callable[[str], None] | None = None) -> str | None:
+    """Why a checkpoint must not be unpickled, told from its bytes alone: unpickling a damaged file can raise
+    almost any error or ask for gigabytes, so a checkpoint whose SHA-256 differs from its record is refused unread.
+
+    Args:
+        path: a checkpoint (a torch zip archive).
+        log: where the one "unverified" line of a checkpoint without a record goes (see :func:`hash_mismatch`).
+
+    Returns:
+        ``"truncated or unreadable (...)"`` when it differs from its record and is no complete zip archive,
+        ``"damaged (...)"`` when it differs otherwise, None when it matches its record or has none.
+    """
+    mismatch = hash_mismatch(path, log)
+    if mismatch is None:
+        return None
+    if not zipfile.is_zipfile(path):
+        return "truncated or unreadable (not a complete zip archive, and its SHA-256 differs from its record)"
+    return f"damaged ({mismatch})"
 
 
 def write_checkpoint_bytes(path: str, data: bytes) -> str:

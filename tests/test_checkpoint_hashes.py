@@ -11,6 +11,7 @@ The end-to-end ``--c`` / rehrseg_predict / export runs on a trained REHRSeg mode
 from __future__ import annotations
 
 import errno
+import io
 import os
 import shutil
 import zipfile
@@ -26,18 +27,43 @@ from rehrseg_nnunet.sr.config import SRConfig, final_checkpoint, latest_checkpoi
 from rehrseg_nnunet.sr.stage_trainer import StageTrainer
 
 
+def record_start(data: bytes, record: zipfile.ZipInfo) -> int:
+    """Where the (stored, uncompressed) bytes of a zip record begin: after its local header."""
+    name_length = int.from_bytes(data[record.header_offset + 26: record.header_offset + 28], "little")
+    extra_length = int.from_bytes(data[record.header_offset + 28: record.header_offset + 30], "little")
+    return record.header_offset + 30 + name_length + extra_length
+
+
 def flip_a_tensor_byte(path: str) -> None:
     """Flip one byte inside the largest tensor record of a torch checkpoint: the file still loads (torch does
     not check the zip's CRC), only a value changes, which nothing but the SHA-256 can notice."""
     with zipfile.ZipFile(path) as archive:
         record = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
     data = bytearray(open(path, "rb").read())
-    name_length = int.from_bytes(data[record.header_offset + 26: record.header_offset + 28], "little")
-    extra_length = int.from_bytes(data[record.header_offset + 28: record.header_offset + 30], "little")
-    start = record.header_offset + 30 + name_length + extra_length
-    data[start + record.file_size // 2] ^= 0x40
+    data[record_start(data, record) + record.file_size // 2] ^= 0x40
     open(path, "wb").write(bytes(data))
     torch.load(path, map_location="cpu", weights_only=False)  # still readable: only the hash tells
+
+
+def flip_a_pickle_byte(path: str) -> None:
+    """Flip the first byte of the checkpoint's pickle (``data.pkl``) whose flip makes unpickling raise what is no
+    I/O or pickle error (MemoryError or OverflowError: a length read as gigabytes): bytes a reader must refuse
+    unread, or at least catch whatever their unpickling raises."""
+    with zipfile.ZipFile(path) as archive:
+        record = next(i for i in archive.infolist() if i.filename.endswith("/data.pkl"))
+    data = open(path, "rb").read()
+    start = record_start(data, record)
+    for position in range(start, start + record.file_size):
+        flipped = bytearray(data)
+        flipped[position] ^= 0xFF
+        try:
+            torch.load(io.BytesIO(bytes(flipped)), map_location="cpu", weights_only=False)
+        except (MemoryError, OverflowError):
+            open(path, "wb").write(bytes(flipped))
+            return
+        except Exception:  # noqa: BLE001 - an ordinary unpickling error: try the next byte
+            continue
+    raise AssertionError(f"no byte of {path}'s data.pkl unpickles into MemoryError or OverflowError when flipped")
 
 
 def truncate(path: str) -> None:
@@ -45,7 +71,7 @@ def truncate(path: str) -> None:
     open(path, "wb").write(data[: len(data) // 2])
 
 
-DAMAGES = {"flipped": flip_a_tensor_byte, "truncated": truncate}
+DAMAGES = {"flipped": flip_a_tensor_byte, "flipped_pickle": flip_a_pickle_byte, "truncated": truncate}
 
 
 # --- SR stages ---------------------------------------------------------------------------------------------
@@ -92,7 +118,7 @@ def test_sr_continue_uses_the_verified_previous_checkpoint_or_stops_in_one_line(
     trainer = _tiny_trainer(folder, messages.append)
     trainer.resume()
     assert trainer.step == 2, "resumed from the damaged latest checkpoint"
-    why = "damaged (its SHA-256 differs from its record)" if damage == "flipped" else "truncated or unreadable"
+    why = "damaged (its SHA-256 differs from its record)" if damage != "truncated" else "truncated or unreadable"
     assert [m for m in messages if "resuming from" in m] == [
         f"stage 1a: {latest} is {why}; resuming from {previous} (step 2) instead"]
     # the verified previous checkpoint replaced the damaged latest one, record and all
@@ -108,7 +134,7 @@ def test_sr_continue_uses_the_verified_previous_checkpoint_or_stops_in_one_line(
         _tiny_trainer(folder, messages.append).resume()
     message = str(error.value)
     assert "\n" not in message and "checkpoint_latest.pth" in message and "restart stage 1a" in message
-    assert ("is damaged" if damage == "flipped" else "truncated or unreadable") in message
+    assert ("is damaged" if damage != "truncated" else "truncated or unreadable") in message
     assert tree_digest(folder) == before
 
 
@@ -219,7 +245,7 @@ def test_rehrseg_continue_uses_the_verified_previous_checkpoint_or_stops_in_one_
     good_previous = open(previous, "rb").read()
     DAMAGES[damage](latest)
     assert trainer._readable_checkpoint(latest) == latest
-    problem = "damaged (its SHA-256" if damage == "flipped" else "unreadable ("
+    problem = "damaged (its SHA-256" if damage != "truncated" else "truncated or unreadable ("
     assert len(messages) == 1 and messages[0].startswith(f"{latest} is {problem}")
     assert messages[0].endswith(f"resuming from {previous} instead (verified)")
     assert open(latest, "rb").read() == good_previous and recorded_hash(latest) == file_sha256(latest)
@@ -288,3 +314,38 @@ def test_a_full_disk_while_a_rehrseg_checkpoint_is_written_is_one_line_and_keeps
     assert tree_digest(tmp_path) == before, "a failed checkpoint write changed or left files"
     latest = str(tmp_path / "checkpoint_latest.pth")
     assert recorded_hash(latest) == file_sha256(latest)
+
+
+@pytest.mark.bad_input
+def test_a_damaged_pickle_without_a_record_is_unreadable_in_one_line_never_a_traceback(tmp_path, capsys):
+    """Checkpoints from before records, a byte of their pickle flipped so that unpickling raises MemoryError or
+    OverflowError: the SR stage resumes from its previous checkpoint, the REHRSeg fold stops in one line."""
+    folder = str(tmp_path / "sr_model")
+    _tiny_trainer(folder, lambda _: None).run(_loss)
+    latest = latest_checkpoint(folder, "1a")
+    for path in (latest, previous_checkpoint(folder, "1a")):
+        os.remove(hash_file(path))
+    flip_a_pickle_byte(latest)
+    messages: list[str] = []
+    trainer = _tiny_trainer(folder, messages.append)
+    trainer.resume()
+    assert trainer.step == 2
+    assert [m for m in messages if "resuming from" in m] == [
+        f"stage 1a: {latest} is truncated or unreadable; resuming from {previous_checkpoint(folder, '1a')} (step 2) "
+        "instead"]
+    fold = tmp_path / "fold_0"
+    fold.mkdir()
+    rehrseg = _rehrseg_trainer(fold, [])
+    _train_epochs(rehrseg, 1)
+    latest = str(fold / "checkpoint_latest.pth")
+    os.remove(hash_file(latest))
+    flip_a_pickle_byte(latest)
+    before = tree_digest(fold)
+    capsys.readouterr()  # the SR stage's progress bars
+    with pytest.raises(SystemExit) as stop:
+        rehrseg._readable_checkpoint(latest)
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"REHRSegTrainer: error: {latest} is unreadable (")
+    assert lines[0].endswith("train the fold again without --c.")
+    assert tree_digest(fold) == before

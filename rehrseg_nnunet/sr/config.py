@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import pickle
-import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -135,8 +133,9 @@ def checkpoint_sha256(model_folder: str, stage: str) -> str:
 
 
 #: what ``torch.load`` raises for a truncated, corrupt or foreign file
-UNREADABLE_CHECKPOINT_ERRORS = (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile,
-                                ValueError, KeyError, AttributeError, ImportError, IndexError, TypeError)
+#: what unpickling a damaged checkpoint raises: almost anything (a flipped byte of a pickle gives MemoryError,
+#: OverflowError, UnicodeDecodeError, UnpicklingError, RuntimeError, TypeError, ...)
+UNREADABLE_CHECKPOINT_ERRORS = (Exception,)
 #: entries every SR checkpoint holds (the latest one also holds optimizer and scheduler states)
 CHECKPOINT_KEYS = ("model", "network", "network_kwargs", "step", "steps")
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from rehrseg_nnunet.errors import RehrsegInputError
-from rehrseg_nnunet.file_writing import hash_mismatch, keep_as_previous, promote_checkpoint
+from rehrseg_nnunet.file_writing import checkpoint_damage, keep_as_previous, promote_checkpoint
 from rehrseg_nnunet.sr.config import (
     STAGES,
     SRConfig,
@@ -202,11 +202,10 @@ def verified_checkpoint(path: str, fix: str, log=None) -> dict:
     Raises:
         RehrsegInputError: damaged (SHA-256 differs), truncated or unreadable; the message names ``fix``.
     """
-    checkpoint = read_checkpoint(path, fix, LATEST_KEYS)
-    mismatch = hash_mismatch(path, log)
-    if mismatch:
-        raise RehrsegInputError(f"{path} is damaged ({mismatch}); {fix}.")
-    return checkpoint
+    damage = checkpoint_damage(path, log)
+    if damage is not None:  # refused before its bytes are unpickled
+        raise RehrsegInputError(f"{path} is {damage}; {fix}.")
+    return read_checkpoint(path, fix, LATEST_KEYS)
 
 
 def resumable_checkpoint(model_folder: str, stage: str, log=None) -> tuple[dict | None, str]:

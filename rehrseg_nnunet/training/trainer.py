@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 from collections.abc import Iterator
 
 import numpy as np
@@ -31,8 +30,8 @@ from rehrseg_nnunet.degradation import centre_slice_labels, labels_to_lr_tensor
 from rehrseg_nnunet.errors import RehrsegInputError
 from rehrseg_nnunet.file_writing import (
     TEMPORARY_SUFFIX,
+    checkpoint_damage,
     claim_lock,
-    hash_mismatch,
     keep_as_previous,
     promote_checkpoint,
     publish_checkpoint,
@@ -78,7 +77,7 @@ def _unreadable(path: str) -> str | None:
     """Why a checkpoint cannot be loaded (None when it can)."""
     try:
         torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+    except Exception as error:  # noqa: BLE001 - damaged bytes unpickle into any error (MemoryError, TypeError, ...)
         return f"{type(error).__name__}: {str(error).splitlines()[0][:80] if str(error) else 'unreadable'}"
     return None
 
@@ -289,11 +288,11 @@ class REHRSegTrainer(nnUNetTrainer):
     def _checkpoint_problem(self, path: str) -> str | None:
         """Why a checkpoint must not be loaded: damaged (its SHA-256 differs from its record) or unreadable;
         None when it may (a checkpoint without a record loads unverified, said once)."""
+        damage = checkpoint_damage(path, lambda line: self.print_to_log_file(line, also_print_to_console=True))
+        if damage is not None:  # refused before its bytes are unpickled
+            return damage
         reason = _unreadable(path)
-        if reason is not None:
-            return f"unreadable ({reason})"
-        mismatch = hash_mismatch(path, lambda line: self.print_to_log_file(line, also_print_to_console=True))
-        return f"damaged ({mismatch})" if mismatch else None
+        return f"unreadable ({reason})" if reason is not None else None
 
     def _readable_checkpoint(self, path: str) -> str:
         """``path`` when it verifies and loads; for a damaged or unreadable checkpoint_latest.pth the previous one
