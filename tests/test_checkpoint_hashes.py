@@ -349,3 +349,23 @@ def test_a_damaged_pickle_without_a_record_is_unreadable_in_one_line_never_a_tra
     assert len(lines) == 1 and lines[0].startswith(f"REHRSegTrainer: error: {latest} is unreadable (")
     assert lines[0].endswith("train the fold again without --c.")
     assert tree_digest(fold) == before
+
+
+@pytest.mark.bad_input
+def test_a_user_given_checkpoint_with_a_damaged_pickle_is_one_line(tmp_path):
+    """-pretrained_weights (the LR nnU-Net) and --init-flavr read files a user names: a flipped pickle byte that
+    unpickles into MemoryError or OverflowError is a one-line RehrsegInputError naming the file and the fix."""
+    from rehrseg_nnunet.sr.flavr import read_flavr_checkpoint
+    from rehrseg_nnunet.training.fine_tuning import load_lr_weights
+
+    path = str(tmp_path / "checkpoint_final.pth")
+    torch.save({"network_weights": torch.nn.Linear(3, 2).state_dict(), "current_epoch": 1}, path)
+    flip_a_pickle_byte(path)
+    with pytest.raises(RehrsegInputError) as error:
+        load_lr_weights(torch.nn.Linear(3, 2), path)
+    assert "\n" not in str(error.value) and str(error.value).startswith(f"{path} is not a readable nnU-Net checkpoint")
+    assert "-pretrained_weights" in str(error.value)
+    with pytest.raises(RehrsegInputError) as error:
+        read_flavr_checkpoint(path)
+    assert "\n" not in str(error.value) and str(error.value).startswith(f"{path} is not a readable torch checkpoint")
+    assert "--init-flavr" in str(error.value)

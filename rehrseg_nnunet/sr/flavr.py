@@ -86,7 +86,11 @@ def read_flavr_checkpoint(path: str) -> dict[str, torch.Tensor]:
     """The state dict of a FLAVR checkpoint file (plain, or under 'state_dict')."""
     if not os.path.isfile(path):
         raise RehrsegInputError(f"{path} does not exist; pass --init-flavr the FLAVR 4x checkpoint (FLAVR_4x.pth).")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 - a damaged or foreign file unpickles into any error
+        raise RehrsegInputError(f"{path} is not a readable torch checkpoint ({type(error).__name__}); pass "
+                                "--init-flavr the FLAVR 4x checkpoint (FLAVR_4x.pth).") from None
     if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
         checkpoint = checkpoint["state_dict"]
     if not isinstance(checkpoint, dict) or not any(map_flavr_name(k) for k in checkpoint):

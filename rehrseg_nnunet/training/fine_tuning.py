@@ -67,8 +67,9 @@ def load_lr_weights(network: nn.Module, checkpoint_file: str) -> tuple[int, int]
     module = unwrap(network)
     try:
         weights = plain_names(torch.load(checkpoint_file, map_location="cpu", weights_only=False)["network_weights"])
-    except (OSError, KeyError, RuntimeError, EOFError, AttributeError) as error:
-        raise RehrsegInputError(f"{checkpoint_file} is not a readable nnU-Net checkpoint ({error}); pass the LR "
+    except Exception as error:  # noqa: BLE001 - a damaged or foreign file unpickles into any error
+        reason = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
+        raise RehrsegInputError(f"{checkpoint_file} is not a readable nnU-Net checkpoint ({reason}); pass the LR "
                                 f"model's fold_F/checkpoint_final.pth to -pretrained_weights.") from None
     own = module.state_dict()
     keys = inner_unet_keys(own)
