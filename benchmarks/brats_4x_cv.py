@@ -255,7 +255,8 @@ def readme_table(result: dict) -> str:
     for key in order:
         row = result["methods"][key]
         name = f"**{key}**" if key == result.get("recommended") else key
-        how = HOW.get(key, "").format(ensembled=f"`{row.get('ensembled')}`")
+        member = ENSEMBLES[row["ensembled"]][0] if row.get("ensembled") in ENSEMBLES else None  # its REHRSeg row
+        how = HOW.get(key, "").format(ensembled=f"`{member}`")
         mean = row["per_class_mean_hr_dice"]
         spread = np.std([c["hr_class_mean"] for c in row["per_case"].values() if c["hr_class_mean"] is not None])
         per_case = [number(row["per_case"][c]["hr_class_mean"], 3) if c in row["per_case"] else "–" for c in cases]
