@@ -235,6 +235,20 @@ def test_rehrseg_checkpoints_carry_their_sha256_and_the_end_of_training_removes_
                                             "checkpoint_final.pth", "checkpoint_final.pth.sha256"]
 
 
+def assert_latest_refused_in_one_line(trainer, latest: str, problem: str, capsys) -> None:
+    """``--c`` with a bad checkpoint_latest.pth and no verified previous or best one: exit 2, one line naming the
+    file (``is {problem}...``) and the fix, nothing written in the fold."""
+    fold = os.path.dirname(latest)
+    before = tree_digest(fold)
+    with pytest.raises(SystemExit) as stop:
+        trainer._readable_checkpoint(latest)
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"REHRSegTrainer: error: {latest} is {problem}")
+    assert lines[0].endswith("train the fold again without --c.")
+    assert tree_digest(fold) == before
+
+
 @pytest.mark.bad_input
 @pytest.mark.parametrize("damage", DAMAGES)
 def test_rehrseg_continue_uses_the_verified_previous_checkpoint_or_stops_in_one_line(tmp_path, capsys, damage):
@@ -252,14 +266,7 @@ def test_rehrseg_continue_uses_the_verified_previous_checkpoint_or_stops_in_one_
     assert not os.path.exists(previous), "the damaged latest checkpoint must never become a previous one"
     # no verified previous one: one line naming the file and the fix, nothing written
     DAMAGES[damage](latest)
-    before = tree_digest(tmp_path)
-    with pytest.raises(SystemExit) as stop:
-        trainer._readable_checkpoint(latest)
-    assert stop.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"REHRSegTrainer: error: {latest} is {problem}")
-    assert lines[0].endswith("train the fold again without --c.")
-    assert tree_digest(tmp_path) == before
+    assert_latest_refused_in_one_line(trainer, latest, problem, capsys)
 
 
 @pytest.mark.bad_input
@@ -340,15 +347,8 @@ def test_a_damaged_pickle_without_a_record_is_unreadable_in_one_line_never_a_tra
     latest = str(fold / "checkpoint_latest.pth")
     os.remove(hash_file(latest))
     flip_a_pickle_byte(latest)
-    before = tree_digest(fold)
     capsys.readouterr()  # the SR stage's progress bars
-    with pytest.raises(SystemExit) as stop:
-        rehrseg._readable_checkpoint(latest)
-    assert stop.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"REHRSegTrainer: error: {latest} is unreadable (")
-    assert lines[0].endswith("train the fold again without --c.")
-    assert tree_digest(fold) == before
+    assert_latest_refused_in_one_line(rehrseg, latest, "unreadable (", capsys)
 
 
 @pytest.mark.bad_input

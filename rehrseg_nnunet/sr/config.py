@@ -132,9 +132,8 @@ def checkpoint_sha256(model_folder: str, stage: str) -> str:
     return file_sha256(final_checkpoint(model_folder, stage))
 
 
-#: what ``torch.load`` raises for a truncated, corrupt or foreign file
-#: what unpickling a damaged checkpoint raises: almost anything (a flipped byte of a pickle gives MemoryError,
-#: OverflowError, UnicodeDecodeError, UnpicklingError, RuntimeError, TypeError, ...)
+#: what ``torch.load`` raises for a truncated, corrupt or foreign file: almost anything (a flipped byte of a pickle
+#: gives MemoryError, OverflowError, UnicodeDecodeError, UnpicklingError, RuntimeError, TypeError, ...)
 UNREADABLE_CHECKPOINT_ERRORS = (Exception,)
 #: entries every SR checkpoint holds (the latest one also holds optimizer and scheduler states)
 CHECKPOINT_KEYS = ("model", "network", "network_kwargs", "step", "steps")
