@@ -206,6 +206,24 @@ def write_bench_plans(preprocessed: str, dataset: str, patch_size: list[int], ar
     return plans_name
 
 
+def bench_plans_of(stock: list[str], pseudohr: str) -> list[tuple[str, str]]:
+    """(dataset, plans name) of every bench plans file that the models of a split train with.
+
+    Args:
+        stock: the datasets the asked methods train on (only these are preprocessed, so only these have plans
+            to resize: a part of a fold without an LR model has no LR plans).
+        pseudohr: the name of the split's pseudo-HR dataset.
+
+    Returns:
+        The LR dataset under both bench plans names (the LR initialisation trains in a folder of its own), the
+        others under :data:`BENCH_PLANS`, each only when it is in ``stock``.
+    """
+    lr = dataset_name("lr")
+    plans = [(lr, name) for name in (BENCH_PLANS, INIT_PLANS) if lr in stock]
+    return plans + [(dataset, BENCH_PLANS) for dataset in (dataset_name("interp"), dataset_name("hr"), pseudohr,
+                                                           LABEL_FREE_DATASET) if dataset in stock]
+
+
 # --- training and prediction ------------------------------------------------------------------------------
 @dataclass
 class Model:
@@ -590,11 +608,9 @@ def run_split(name: str, train_cases: list[str], test_cases: list[str], data: st
         run([script("nnUNetv2_plan_and_preprocess"), "-d", *[d.split("_")[0][7:] for d in missing], "-c", "3d_fullres",
              "-np", "1", "-npfp", "1", "--verify_dataset_integrity"])
     lr_patch = [args.patch_size[0] // SCALE_FACTOR, *args.patch_size[1:]]
-    for plans_name in (BENCH_PLANS, INIT_PLANS):
-        write_bench_plans(env["nnUNet_preprocessed"], dataset_name("lr"), lr_patch, args, plans_name)
-    for dataset in (d for d in (dataset_name("interp"), dataset_name("hr"), pseudohr, LABEL_FREE_DATASET)
-                    if d in stock):
-        write_bench_plans(env["nnUNet_preprocessed"], dataset, args.patch_size, args)
+    for dataset, plans_name in bench_plans_of(stock, pseudohr):
+        write_bench_plans(env["nnUNet_preprocessed"], dataset, lr_patch if dataset == dataset_name("lr")
+                          else args.patch_size, args, plans_name)
     if args.device == "cpu":
         os.environ.setdefault("nnUNet_n_proc_DA", "0")  # 2 CPU cores: augmentation workers only compete
 

@@ -54,6 +54,18 @@ def test_brats_4x_trains_only_what_the_asked_result_keys_need():
         "nnunet_lr"}
 
 
+def test_a_part_without_an_lr_model_writes_no_lr_plans():
+    """A fold's part with only HR-grid methods (session 16: sr_nnunet_labelFree and interp_nnunet) has no
+    preprocessed LR dataset, so asking for its plans stopped the run."""
+    brats_4x = load_brats_4x()
+    lr, interp = brats_4x.dataset_name("lr"), brats_4x.dataset_name("interp")
+    label_free, pseudohr = brats_4x.LABEL_FREE_DATASET, "Dataset913_PseudoHR"
+    assert brats_4x.bench_plans_of([interp, label_free], pseudohr) == [(interp, "BenchPlans"),
+                                                                     (label_free, "BenchPlans")]
+    assert brats_4x.bench_plans_of([lr, pseudohr], pseudohr) == [(lr, "BenchPlans"), (lr, "BenchPlansInit"),
+                                                                 (pseudohr, "BenchPlans")]
+
+
 def test_sr_nnunet_super_resolves_the_thick_slice_test_images_as_part_of_its_prediction(tmp_path, monkeypatch):
     """The prediction time of "SR + stock nnU-Net" includes super-resolving the test image, as the guided REHRSeg
     designs' does (issue 28's third bar compares them)."""
