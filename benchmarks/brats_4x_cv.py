@@ -5,9 +5,13 @@ Reads only committed files, so a lost work folder costs only an unfinished fold:
   ``benchmarks/brats_4x.py`` (run by ``benchmarks/decision_run.sh``) after every model it predicts, so a fold cut
   short has the rows it finished; ``<test case>.<part>.json``: the rest of a fold whose work folder was lost, run
   again for its pending rows only (a part's row replaces the same row of the files before it, in name order);
-- ``--committed KEY=FILE`` rows for a test case that its fold did not run fresh (default: pat0004's
+- ``--committed CASE:KEY=FILE`` rows for a test case that its fold did not run fresh (default: pat0004's
   ``nnunet_lr_upsampled_sdf``, ``interp_nnunet`` and ``oracle_hr`` from ``brats_4x_4000.json``), each marked
-  with its ``source``.
+  with its ``source``;
+- ``--replace CASE:KEY=FILE`` rows that take the place of the fold's own (default: pat0004's two REHRSeg rows from
+  ``brats_4x_4000_guided.json``, where both were fine-tuned from one LR nnU-Net; fold pat0004 fine-tuned only
+  ``rehrseg_paper``, from another LR nnU-Net, as the ensemble's member). The fold's row is kept under
+  ``replaced`` with its class means, so the spread that the LR initialisation alone causes is on record.
 
 Per method: ``per_class_mean_hr_dice``, ``hr_dice`` / ``hr_hd95`` (whole tumour), every class and region with mean
 and std over test cases, ``per_case`` (each case's HR and LR-grid class means beside its scores), the costs
@@ -42,6 +46,8 @@ CHOSEN_ENSEMBLE = "ensemble_rehrseg_sr_nnunet"
 DECIDING = (*BASELINES, *REHRSEG_ROWS, CHOSEN_ENSEMBLE, "oracle_hr")
 DEFAULT_COMMITTED = [f"pat0004:{key}=brats_4x_4000.json" for key in
                      ("nnunet_lr_upsampled_sdf", "interp_nnunet", "oracle_hr")]
+#: rows taken in place of the fold's own: pat0004's REHRSeg pair, fine-tuned from one LR nnU-Net (issue 34)
+DEFAULT_REPLACED = [f"pat0004:{key}=brats_4x_4000_guided.json" for key in REHRSEG_ROWS]
 #: within this class-mean difference the cheaper REHRSeg row is recommended
 TIE = 0.01
 
@@ -71,29 +77,49 @@ def read_folds(folder: str) -> dict[str, list[dict]]:
     return folds
 
 
-def rows_per_case(folds: dict[str, list[dict]], committed: list[str], results: str) -> dict[str, dict[str, dict]]:
+def committed_row(spec: str, results: str) -> tuple[str, str, dict | None]:
+    """``CASE:KEY=FILE`` -> (case, key, the row of ``KEY`` in ``results/FILE`` for that case alone, with
+    ``source``; None where the file has no such row)."""
+    target, file_name = spec.split("=", 1)
+    case, key = target.split(":", 1)
+    with open(os.path.join(results, file_name)) as handle:
+        earlier = json.load(handle)
+    row = earlier["methods"].get(key)
+    per_case = {k: v for k, v in (row or {}).get("per_case", {}).items() if case_of(k) == case}
+    if not per_case:
+        return case, key, None
+    return case, key, {**row, "per_case": per_case,
+                       "source": f"benchmarks/results/{file_name} ({earlier.get('command')})"}
+
+
+def rows_per_case(folds: dict[str, list[dict]], committed: list[str], results: str,
+                  replace: tuple[str, ...] = (), replaced: dict | None = None) -> dict[str, dict[str, dict]]:
     """method -> test case -> the row that scores it (fold rows first, a later part's over an earlier file's; a
-    committed row only where no fold file has one), with ``source`` set."""
+    ``committed`` row only where no fold file has one; a ``replace`` row in place of the fold's, which goes into
+    ``replaced`` [case][key]), with ``source`` set."""
     rows: dict[str, dict[str, dict]] = {}
     for case, parts in folds.items():
         for fold in parts:
             for key, row in fold["methods"].items():
                 if case_of(next(iter(row["per_case"]))) == case:
                     rows.setdefault(key, {})[case] = {**row, "source": row.get("source") or fold["path"]}
+    for spec in replace:
+        case, key, row = committed_row(spec, results)
+        if row is None:
+            raise ValueError(f"--replace {spec}: benchmarks/results/{spec.split('=', 1)[1]} has no row {key} for "
+                             f"{case}; name a file that scored it.")
+        own = rows.setdefault(key, {}).get(case)
+        if own is not None and replaced is not None:
+            scores = next(iter(own["per_case"].values()))
+            replaced.setdefault(case, {})[key] = {
+                "hr_class_mean": class_mean(scores, "hr"), "lr_class_mean": class_mean(scores, "lr"),
+                "initialised_from": own.get("initialised_from"), "source": own["source"],
+                "replaced_by": row["source"]}
+        rows[key][case] = row
     for spec in committed:
-        target, file_name = spec.split("=", 1)
-        case, key = target.split(":", 1)
-        if case in rows.get(key, {}):
-            continue
-        with open(os.path.join(results, file_name)) as handle:
-            earlier = json.load(handle)
-        if key not in earlier["methods"]:
-            continue
-        row = earlier["methods"][key]
-        per_case = {k: v for k, v in row["per_case"].items() if case_of(k) == case}
-        if per_case:
-            rows.setdefault(key, {})[case] = {**row, "per_case": per_case,
-                                              "source": f"benchmarks/results/{file_name} ({earlier.get('command')})"}
+        case, key, row = committed_row(spec, results)
+        if row is not None and case not in rows.get(key, {}):
+            rows.setdefault(key, {})[case] = row
     return rows
 
 
@@ -178,9 +204,10 @@ def verdict(methods: dict[str, dict], recommended: str) -> dict:
     return {"checks": checks, "all_met": all(checks.values()), "baselines": baselines}
 
 
-def merge(folds_folder: str, committed: list[str], results: str) -> dict:
+def merge(folds_folder: str, committed: list[str], results: str, replace: tuple[str, ...] = ()) -> dict:
     folds = read_folds(folds_folder)
-    rows = rows_per_case(folds, committed, results)
+    replaced: dict = {}
+    rows = rows_per_case(folds, committed, results, replace, replaced)
     methods = {key: summary(per_case) for key, per_case in rows.items()}
     cases = sorted(folds)
     recommended = recommend(methods)
@@ -197,6 +224,7 @@ def merge(folds_folder: str, committed: list[str], results: str) -> dict:
             "complete": complete, "pending": [key for key in DECIDING if key not in complete],
             "spearman_lr_vs_hr_class_mean": spearman_per_case(deciding),
             "verdict": verdict(deciding, recommended) if recommended in deciding else None,
+            "replaced": replaced,
             "folds": {case: [{"path": fold["path"], "commit": fold.get("commit"), "command": fold.get("command"),
                               "budget": fold.get("budget"), "pending": fold.get("pending"),
                               "methods": sorted(fold["methods"])} for fold in parts]
@@ -291,13 +319,19 @@ def main() -> None:
     parser.add_argument("--folds", default=os.path.join(results, "brats_4x_cv"), help="folder of the fold JSONs")
     parser.add_argument("--committed", nargs="*", default=DEFAULT_COMMITTED, metavar="CASE:KEY=FILE",
                         help="rows taken from an earlier results JSON (in benchmarks/results) where no fold ran them")
+    parser.add_argument("--replace", nargs="*", default=DEFAULT_REPLACED, metavar="CASE:KEY=FILE",
+                        help="rows taken from an earlier results JSON in place of the fold's own (kept under "
+                        "'replaced')")
     parser.add_argument("--output", default=os.path.join(results, "brats_4x_cv.json"))
     parser.add_argument("--readme", metavar="README.md", help="also rewrite the table of this README between "
                         "its markers (README_MARKERS)")
     args = parser.parse_args()
     if not glob.glob(os.path.join(args.folds, "*.json")):
         sys.exit(f"no fold JSON in {args.folds}; run benchmarks/decision_run.sh and copy each finished fold there.")
-    result = merge(args.folds, args.committed, results)
+    try:
+        result = merge(args.folds, args.committed, results, args.replace)
+    except ValueError as error:
+        sys.exit(str(error))
     from rehrseg_nnunet.file_writing import write_json_atomically
     write_json_atomically(args.output, result)
     print(markdown(result))
@@ -305,6 +339,10 @@ def main() -> None:
     print("\nSpearman rho (LR-grid vs HR class mean, per test case):",
           {c: (None if v["rho"] is None else round(v["rho"], 3))
            for c, v in result["spearman_lr_vs_hr_class_mean"].items()})
+    for case, keys in result["replaced"].items():
+        for key, row in keys.items():
+            print(f"{case} {key}: the fold's own row (HR class mean {number(row['hr_class_mean'], 3)}) replaced by "
+                  f"{row['replaced_by'].split(' ')[0]}")
     print(f"recommended: {result['recommended']}; verdict: {json.dumps(result['verdict'])}")
     print(f"pending: {result['pending']}; wrote {args.output}")
     if args.readme:

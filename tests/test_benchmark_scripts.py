@@ -261,6 +261,37 @@ def test_the_cv_merge_pools_fold_jsons_scores_both_grids_and_recommends_by_the_t
     assert result["recommended"] == "rehrseg_paper"  # within 0.01 of the stem (0.004 ahead) and faster to predict
 
 
+def test_a_replace_row_takes_the_place_of_the_folds_own_which_stays_on_record(tmp_path):
+    """--replace CASE:KEY=FILE: pat0004's REHRSeg pair comes from one committed LR start; the fold's own
+    rehrseg_paper (another LR start) is kept under 'replaced' with its class means; a file without the row is a
+    one-line error."""
+    import copy
+    load_brats_4x()
+    spec = importlib.util.spec_from_file_location("brats_4x_cv", BENCHMARKS / "brats_4x_cv.py")
+    cv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cv)
+    guided = json.loads((BENCHMARKS / "results" / "brats_4x_4000_guided.json").read_text())
+    fold = copy.deepcopy(guided)
+    fold["methods"] = {"rehrseg_paper": fold["methods"]["rehrseg_paper"]}
+    scores = next(iter(fold["methods"]["rehrseg_paper"]["per_case"].values()))
+    for grid in ("hr", "lr"):
+        for name in cv.CLASSES:
+            scores[grid][name].update(dice=0.5, present=True)
+    folds = tmp_path / "folds"
+    folds.mkdir()
+    (folds / "pat0004.json").write_text(json.dumps(fold))
+    result = cv.merge(str(folds), [], str(BENCHMARKS / "results"), cv.DEFAULT_REPLACED)
+    paper = result["methods"]["rehrseg_paper"]
+    assert paper["per_class_mean_hr_dice"] == pytest.approx(guided["methods"]["rehrseg_paper"]["per_class_mean_hr_dice"])
+    assert paper["source"][0].startswith("benchmarks/results/brats_4x_4000_guided.json")
+    assert "rehrseg_hrStem" in result["methods"]  # the pair's other row, though the fold did not run it
+    own = result["replaced"]["pat0004"]["rehrseg_paper"]
+    assert own["hr_class_mean"] == pytest.approx(0.5) and own["lr_class_mean"] == pytest.approx(0.5)
+    assert own["source"].endswith("pat0004.json")
+    with pytest.raises(ValueError, match="has no row rehrseg_paper for pat0003"):
+        cv.merge(str(folds), [], str(BENCHMARKS / "results"), ["pat0003:rehrseg_paper=brats_4x_4000_guided.json"])
+
+
 def test_a_fold_cut_short_has_its_finished_models_written_and_merged_as_pending(tmp_path):
     """The runner writes the fold JSON after every model's prediction (write_results with the scores so far), so a
     lost work folder costs only what was not yet scored; the merge takes such a fold's rows and lists the rest as
