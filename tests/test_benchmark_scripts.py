@@ -282,7 +282,8 @@ def test_a_replace_row_takes_the_place_of_the_folds_own_which_stays_on_record(tm
     (folds / "pat0004.json").write_text(json.dumps(fold))
     result = cv.merge(str(folds), [], str(BENCHMARKS / "results"), cv.DEFAULT_REPLACED)
     paper = result["methods"]["rehrseg_paper"]
-    assert paper["per_class_mean_hr_dice"] == pytest.approx(guided["methods"]["rehrseg_paper"]["per_class_mean_hr_dice"])
+    committed = guided["methods"]["rehrseg_paper"]["per_class_mean_hr_dice"]
+    assert paper["per_class_mean_hr_dice"] == pytest.approx(committed)
     assert paper["source"][0].startswith("benchmarks/results/brats_4x_4000_guided.json")
     assert "rehrseg_hrStem" in result["methods"]  # the pair's other row, though the fold did not run it
     own = result["replaced"]["pat0004"]["rehrseg_paper"]
