@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Issue 34's decision run: leave-one-out folds pat0003, pat0002 (every method fresh), then pat0004 (the rows that
-# need this run's models fresh; its LR baseline, interp_nnunet and the oracle come from the committed
-# brats_4x_4000.json, merged by benchmarks/brats_4x_cv.py), at the 4000-iteration protocol, one fold after the other.
+# need this run's models fresh: sr_nnunet, its label-free variant and the ensemble with rehrseg_paper, the REHRSeg
+# row with the better class mean on pat0003 and pat0002; its LR baseline, interp_nnunet and the oracle come from the
+# committed brats_4x_4000.json, both REHRSeg rows from brats_4x_4000_guided.json, where they share one LR start;
+# merged by benchmarks/brats_4x_cv.py), at the 4000-iteration protocol, one fold after the other.
 # Everything resumes: start it again with the same arguments after any stop. Run it from a worktree of one fixed
 # commit with its own virtual environment, detached, e.g.
 #   setsid nohup bash benchmarks/decision_run.sh /work/decision/venv/bin/python /work/decision/work \
@@ -23,6 +25,7 @@ for case in pat0003 pat0002; do
         --methods nnunet_lr_upsampled_sdf interp_nnunet "${FRESH[@]}" \
         --output "$RESULTS/$case.json" --figure "$RESULTS/$case.png"
 done
-"$PYTHON" benchmarks/brats_4x.py "${COMMON[@]}" --leave-one-out pat0004 --methods "${FRESH[@]}" \
+"$PYTHON" benchmarks/brats_4x.py "${COMMON[@]}" --leave-one-out pat0004 \
+    --methods sr_nnunet rehrseg_paper ensemble_rehrseg_paper_sr_nnunet sr_nnunet_labelFree \
     --output "$RESULTS/pat0004.json" --figure "$RESULTS/pat0004.png"
 echo "decision run: every fold finished"
