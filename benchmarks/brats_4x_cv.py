@@ -36,7 +36,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from brats_methods import ENSEMBLES  # noqa: E402
+from brats_methods import ENSEMBLES, REHRSEG_TRAINERS, recommended_key  # noqa: E402
 
 CLASSES = ["necrosis", "edema", "non_enhancing", "enhancing"]
 REHRSEG_ROWS = ("rehrseg_paper", "rehrseg_hrStem")
@@ -264,13 +264,18 @@ def markdown(result: dict) -> str:
 HOW = {
     "sr_nnunet": "`rehrseg_make_pseudohr`, stock `nnUNetv2_train`; `rehrseg_super_resolve` + `nnUNetv2_predict`",
     "sr_nnunet_labelFree": "as `sr_nnunet`, trained on images super-resolved without the LR label",
-    "rehrseg_paper": "`-tr REHRSegTrainer_paper`, fine-tuned from the LR nnU-Net; `rehrseg_predict`",
-    "rehrseg_hrStem": "`-tr REHRSegTrainer_hrStem`, fine-tuned from the LR nnU-Net; `rehrseg_predict`",
+    "rehrseg_paper": "`-tr {trainer}`, fine-tuned from the LR nnU-Net; `rehrseg_predict`",
+    "rehrseg_hrStem": "`-tr {trainer}`, fine-tuned from the LR nnU-Net; `rehrseg_predict`",
     CHOSEN_ENSEMBLE: "mean of the HR probabilities of {ensembled} and `sr_nnunet`",
     "interp_nnunet": "stock nnU-Net on cubic-upsampled images and shape-based labels",
     "nnunet_lr_upsampled_sdf": "stock nnU-Net on the thick slices, shape-based upsampling",
     "oracle_hr": "stock nnU-Net on the true 1 mm images and labels (the ceiling)",
 }
+
+
+def trainer_to_type(key: str) -> str:
+    """The ``-tr`` a user types for a REHRSeg row: ``REHRSegTrainer`` for the design it ships, else the variant."""
+    return "REHRSegTrainer" if key == recommended_key() else REHRSEG_TRAINERS.get(key, "")
 
 
 def readme_table(result: dict) -> str:
@@ -284,7 +289,7 @@ def readme_table(result: dict) -> str:
         row = result["methods"][key]
         name = f"**{key}**" if key == result.get("recommended") else key
         member = ENSEMBLES[row["ensembled"]][0] if row.get("ensembled") in ENSEMBLES else None  # its REHRSeg row
-        how = HOW.get(key, "").format(ensembled=f"`{member}`")
+        how = HOW.get(key, "").format(ensembled=f"`{member}`", trainer=trainer_to_type(key))
         mean = row["per_class_mean_hr_dice"]
         spread = np.std([c["hr_class_mean"] for c in row["per_case"].values() if c["hr_class_mean"] is not None])
         per_case = [number(row["per_case"][c]["hr_class_mean"], 3) if c in row["per_case"] else "–" for c in cases]

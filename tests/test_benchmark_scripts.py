@@ -334,6 +334,10 @@ def test_a_fold_cut_short_has_its_finished_models_written_and_merged_as_pending(
     assert len(table) == 2 + len(result["methods"])
     row = next(line for line in table if line.startswith("| rehrseg_paper") or line.startswith("| **rehrseg_paper"))
     assert f"| {result['methods']['rehrseg_paper']['per_class_mean_hr_dice']:.3f} ± 0.000 |" in row
+    # the user is told to type what ships: -tr REHRSegTrainer for the design it trains, the variant's name otherwise
+    from brats_methods import recommended_key
+    shipped = "`-tr REHRSegTrainer`," if recommended_key() == "rehrseg_paper" else "`-tr REHRSegTrainer_paper`,"
+    assert shipped in row
     # --readme: the table between the README's markers is replaced, the rest of the README kept as it was
     start, end = cv.README_MARKERS
     readme = f"# title\n\n## Which path should I use?\n\n{start}\n| old | table |\n{end}\n\ntext after\n"

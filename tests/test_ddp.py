@@ -25,7 +25,7 @@ import time
 import pytest
 
 WORLD_SIZE = 2
-TRAINER = "REHRSegTrainer_debug"  # 2 epochs of 3 iterations, final validation kept
+TRAINER = "REHRSegTrainer_hrStem_debug"  # 2 epochs of 3 iterations, final validation kept; guided: it carries SR
 PLANS = "REHRSegPlans"
 DATASET = "618"
 RANK_TIMEOUT = 600  # seconds: a hung collective fails the test instead of blocking CI

@@ -1,4 +1,4 @@
-"""SR-guided REHRSeg as a user runs it: train (REHRSegTrainer_cpuSmoke, guided by default), export with the
+"""SR-guided REHRSeg as a user runs it: train (REHRSegTrainer_hrStem_cpuSmoke, the HR stem), export with the
 export line of docs/nnunet_workflow.md, install into an empty nnUNet_results with the SR model folder gone, --val,
 predict with both predictors; the carried SR model checked; the paper's network under its own name;
 rehrseg_super_resolve; crash safety of outputs and checkpoints.
@@ -34,7 +34,7 @@ from rehrseg_nnunet.file_writing import file_sha256, recorded_hash, write_hash
 
 pytestmark = pytest.mark.slow
 
-GUIDED, PAPER = "REHRSegTrainer_cpuSmoke", "REHRSegTrainer_paper_debug"
+GUIDED, PAPER = "REHRSegTrainer_hrStem_cpuSmoke", "REHRSegTrainer_paper_debug"
 R = 4
 
 

@@ -46,15 +46,16 @@ def run_parts(script: str, args: list[str], env: dict, num_parts: int = 2,
 
 
 def write_guided_model(env: dict, sr_model) -> str:
-    """A REHRSegTrainer model folder of the pseudo-HR dataset's REHRSegPlans: random weights, SR model carried."""
+    """A REHRSegTrainer_hrStem model folder of the pseudo-HR dataset's REHRSegPlans: random weights, SR model
+    carried (so that each part super-resolves its inputs too)."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from rehrseg_nnunet.sr.carried import sr_model_payload
-    from rehrseg_nnunet.training.trainer import REHRSegTrainer
+    from rehrseg_nnunet.training.variants import REHRSegTrainer_hrStem
 
     preprocessed = os.path.join(env["nnUNet_preprocessed"], "Dataset619_PhantomPseudoHR")
     folder = os.path.join(env["nnUNet_results"], "Dataset619_PhantomPseudoHR",
-                          "REHRSegTrainer__REHRSegPlans__3d_fullres")
+                          "REHRSegTrainer_hrStem__REHRSegPlans__3d_fullres")
     os.makedirs(os.path.join(folder, "fold_all"))
     shutil.copy(os.path.join(preprocessed, "REHRSegPlans.json"), os.path.join(folder, "plans.json"))
     shutil.copy(os.path.join(preprocessed, "dataset.json"), os.path.join(folder, "dataset.json"))
@@ -62,13 +63,14 @@ def write_guided_model(env: dict, sr_model) -> str:
         contract = json.load(handle)["rehrseg"]
     manager = PlansManager(os.path.join(folder, "plans.json"))
     torch.manual_seed(0)
-    network = REHRSegTrainer.build_network_architecture(manager, manager.get_configuration("3d_fullres"), 2, 3, True)
+    network = REHRSegTrainer_hrStem.build_network_architecture(manager, manager.get_configuration("3d_fullres"), 2, 3,
+                                                               True)
     with torch.no_grad():  # every weight random (some layers start at zero), so the labels vary over the image
         for parameter in network.parameters():
             parameter.normal_(0, 0.2)
     network.carried_sr.carry(sr_model_payload(str(sr_model), contract.get("sr_stage") or "1c",
                                               contract["sr_checkpoint_sha256"]))
-    torch.save({"network_weights": network.state_dict(), "trainer_name": "REHRSegTrainer",
+    torch.save({"network_weights": network.state_dict(), "trainer_name": "REHRSegTrainer_hrStem",
                 "init_args": {"configuration": "3d_fullres"}, "inference_allowed_mirroring_axes": None},
                os.path.join(folder, "fold_all", "checkpoint_final.pth"))
     return folder
@@ -93,7 +95,8 @@ def parts(tmp_path_factory, trained_sr_model, pseudohr_template):
     copy_pseudohr(pseudohr_template, workspace, TARGET, raw=False)
     write_guided_model(env, workspace["sr_model"])
     inputs = workspace["raw"] / "Dataset502_Phantom" / "imagesTr"
-    common = ["-i", str(inputs), "-d", TARGET, "-f", "all", "-device", "cpu", "-npp", "1", "-nps", "1"]
+    common = ["-i", str(inputs), "-d", TARGET, "-tr", "REHRSegTrainer_hrStem", "-f", "all", "-device", "cpu",
+              "-npp", "1", "-nps", "1"]
     out["predict_single"] = run_script("rehrseg_predict", [*common, "-o", str(root / "single")], env)
     assert_ok(out["predict_single"])
     out["predict_parts"] = run_parts("rehrseg_predict", [*common, "-o", str(root / "parts")], env, check=False)

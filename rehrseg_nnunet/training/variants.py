@@ -14,17 +14,20 @@ from rehrseg_nnunet.training.trainer import DEFAULT_DEVICE, REHRSegTrainer
 __all__ = ["REHRSegTrainer_paper", "REHRSegTrainer_hrStem", "REHRSegTrainer_hrLevel", "REHRSegTrainer_noUASR",
            "REHRSegTrainer_noDistill", "REHRSegTrainer_noHRHead", "REHRSegTrainer_lrDice", "REHRSegTrainer_mirror",
            "REHRSegTrainer_fgOversample", "REHRSegTrainer_lrCentre", "REHRSegTrainer_fineTuneLr1en2",
-           "REHRSegTrainer_debug", "REHRSegTrainer_paper_debug", "REHRSegTrainer_hrLevel_debug",
+           "REHRSegTrainer_debug", "REHRSegTrainer_paper_debug", "REHRSegTrainer_hrStem_debug",
+           "REHRSegTrainer_hrLevel_debug",
            "REHRSegTrainer_noUASR_debug", "REHRSegTrainer_noDistill_debug", "REHRSegTrainer_noHRHead_debug",
            "REHRSegTrainer_cpu", "REHRSegTrainer_noUASR_cpu", "REHRSegTrainer_noDistill_cpu",
            "REHRSegTrainer_noHRHead_cpu", "REHRSegTrainer_cpu50epochs", "nnUNetTrainer_cpu",
-           "nnUNetTrainer_cpu16epochs", "REHRSegTrainer_cpuSmoke", "nnUNetTrainer_cpuSmoke",
+           "nnUNetTrainer_cpu16epochs", "REHRSegTrainer_cpuSmoke", "REHRSegTrainer_hrStem_cpuSmoke",
+           "nnUNetTrainer_cpuSmoke",
            "nnUNetTrainer_cpuSmoke4epochs"]
 
 
 class REHRSegTrainer_paper(REHRSegTrainer):
     """The paper's network: the HR head sees the slice-upsampled LR decoder map only (no SR model needed to
-    predict: the thick-slice input goes in as it is)."""
+    predict: the thick-slice input goes in as it is). ``REHRSegTrainer`` trains the same design; this name stays
+    so that results and exported models trained under it keep their trainer."""
 
     hr_guidance = "none"
 
@@ -153,6 +156,10 @@ class REHRSegTrainer_paper_debug(ShortSchedule, REHRSegTrainer_paper):
     """REHRSegTrainer_paper for 2 epochs of 3 iterations."""
 
 
+class REHRSegTrainer_hrStem_debug(ShortSchedule, REHRSegTrainer_hrStem):
+    """REHRSegTrainer_hrStem for 2 epochs of 3 iterations."""
+
+
 class REHRSegTrainer_hrLevel_debug(ShortSchedule, REHRSegTrainer_hrLevel):
     """REHRSegTrainer_hrLevel for 2 epochs of 3 iterations."""
 
@@ -216,6 +223,10 @@ class SmokeSchedule(ShortSchedule):
 
 class REHRSegTrainer_cpuSmoke(SmokeSchedule, REHRSegTrainer):
     """REHRSegTrainer for 2 epochs of 4 iterations."""
+
+
+class REHRSegTrainer_hrStem_cpuSmoke(SmokeSchedule, REHRSegTrainer_hrStem):
+    """REHRSegTrainer_hrStem for 2 epochs of 4 iterations."""
 
 
 class nnUNetTrainer_cpuSmoke(SmokeSchedule, nnUNetTrainer):
