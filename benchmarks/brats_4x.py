@@ -84,6 +84,7 @@ from brats_methods import (  # noqa: E402
     Method,
     method_of_model,
     models_needed,
+    needs_super_resolution,
     recommended_key,
 )
 
@@ -571,6 +572,13 @@ def make_label_free_dataset(raw: str, pseudohr: str, sr_model: str, args) -> Non
         "description": f"{pseudohr} with imagesTr super-resolved without the LR label (benchmarks/brats_4x.py)"})
 
 
+def pseudohr_dataset(raw: str) -> str:
+    """The pseudo-HR dataset's folder name in ``raw``: the one ``rehrseg_make_pseudohr`` wrote, else the name it
+    gives (a part of a fold without SR methods makes none)."""
+    written = [d for d in sorted(os.listdir(raw)) if d.startswith(f"Dataset{PSEUDOHR_ID}_")]
+    return written[0] if written else f"Dataset{PSEUDOHR_ID}_{DATASETS['lr'][1]}PseudoHR"
+
+
 def run_split(name: str, train_cases: list[str], test_cases: list[str], data: str, args,
               on_progress: Callable[[dict], None] | None = None) -> dict:
     """Everything for one split; returns per result key: per-case scores, seconds and provenance.
@@ -586,17 +594,20 @@ def run_split(name: str, train_cases: list[str], test_cases: list[str], data: st
     log(f"split {name}: train {', '.join(train_cases)}; test {', '.join(test_cases)}")
     sr_model = os.path.join(work, "sr_model")
     if args.score_only:
-        pseudohr = next(d for d in os.listdir(env["nnUNet_raw"]) if d.startswith(f"Dataset{PSEUDOHR_ID}_"))
-        return score_split(work, models_of_split(env["nnUNet_raw"], pseudohr, sr_model, args), {}, test_cases,
+        return score_split(work, models_of_split(env["nnUNet_raw"], pseudohr_dataset(env["nnUNet_raw"]), sr_model,
+                                                 args), {}, test_cases,
                            references, args)
     make_datasets(data, env["nnUNet_raw"], references, train_cases, test_cases)
-    if not os.path.isfile(os.path.join(sr_model, "stage_1c", "checkpoint_final.pth")):
-        command = [script("rehrseg_train_sr"), "-d", str(DATASETS["lr"][0]), "-o", sr_model, "-device", args.device,
-                   "--steps", *map(str, args.sr_steps), "--seed", str(args.seed)]
-        run(command + (["--continue"] if os.path.isfile(os.path.join(sr_model, "config.json")) else []))
-    run([script("rehrseg_make_pseudohr"), "-d", str(DATASETS["lr"][0]), "-o", str(PSEUDOHR_ID), "-m", sr_model,
-         "-device", args.device])
-    pseudohr = next(d for d in os.listdir(env["nnUNet_raw"]) if d.startswith(f"Dataset{PSEUDOHR_ID}_"))
+    if needs_super_resolution(args.methods):
+        if not os.path.isfile(os.path.join(sr_model, "stage_1c", "checkpoint_final.pth")):
+            command = [script("rehrseg_train_sr"), "-d", str(DATASETS["lr"][0]), "-o", sr_model, "-device",
+                       args.device, "--steps", *map(str, args.sr_steps), "--seed", str(args.seed)]
+            run(command + (["--continue"] if os.path.isfile(os.path.join(sr_model, "config.json")) else []))
+        run([script("rehrseg_make_pseudohr"), "-d", str(DATASETS["lr"][0]), "-o", str(PSEUDOHR_ID), "-m", sr_model,
+             "-device", args.device])
+    else:
+        log("no asked method uses the SR model: SR training and the pseudo-HR dataset are skipped")
+    pseudohr = pseudohr_dataset(env["nnUNet_raw"])
     models = models_of_split(env["nnUNet_raw"], pseudohr, sr_model, args)
     needed = models_needed(args.methods)
     if any(models[name].dataset == LABEL_FREE_DATASET for name in needed):

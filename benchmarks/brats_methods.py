@@ -119,6 +119,14 @@ def recommended_key() -> str:
     return DESIGN_KEYS[REHRSegTrainer.hr_guidance]
 
 
+def needs_super_resolution(keys: list[str]) -> bool:
+    """Whether any of the result ``keys`` (ensembles: their members) uses the split's SR model: trains on a
+    pseudo-HR dataset (REHRSeg, SR + stock nnU-Net) or super-resolves its test images. The baselines on the LR,
+    interpolated and true HR data do not, so a part of a fold with only those skips SR training."""
+    members = [member for key in keys for member in ENSEMBLES.get(key, (key,))]
+    return any(METHODS[key].dataset.startswith("pseudohr") or METHODS[key].super_resolve for key in members)
+
+
 def models_needed(keys: list[str]) -> list[str]:
     """The names of the models to train for the result ``keys`` (in training order): their own, plus the LR
     nnU-Net that a fine-tuned method starts from."""

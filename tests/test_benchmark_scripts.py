@@ -66,6 +66,19 @@ def test_a_part_without_an_lr_model_writes_no_lr_plans():
                                                                  (pseudohr, "BenchPlans")]
 
 
+def test_a_part_with_only_baselines_skips_sr_training_and_names_the_pseudohr_dataset_it_did_not_make(tmp_path):
+    """interp_nnunet and the thick-slice nnU-Net use no SR model: a part of a fold with only those (session 19's
+    pat0002 rest) must not spend 15-30 CPU minutes training one."""
+    brats_4x = load_brats_4x()
+    from brats_methods import needs_super_resolution
+    assert not needs_super_resolution(["interp_nnunet", "nnunet_lr_upsampled_sdf", "oracle_hr"])
+    for key in ("sr_nnunet", "sr_nnunet_labelFree", "rehrseg_paper", "ensemble_rehrseg_paper_sr_nnunet"):
+        assert needs_super_resolution(["interp_nnunet", key]), key
+    assert brats_4x.pseudohr_dataset(str(tmp_path)) == "Dataset913_BratsLR4xPseudoHR"
+    (tmp_path / "Dataset913_Other").mkdir()
+    assert brats_4x.pseudohr_dataset(str(tmp_path)) == "Dataset913_Other"
+
+
 def test_sr_nnunet_super_resolves_the_thick_slice_test_images_as_part_of_its_prediction(tmp_path, monkeypatch):
     """The prediction time of "SR + stock nnU-Net" includes super-resolving the test image, as the guided REHRSeg
     designs' does (issue 28's third bar compares them)."""
