@@ -9,19 +9,23 @@ your own nnU-Net raw dataset; replace step 1 by your dataset and drop the scorin
    thick-slice tissue labels; a third acquisition (phase 1 mm) is kept aside as a test input;
 2. ``rehrseg_train_sr -d 990``                    self-supervised SR from the thick slices alone;
 3. ``rehrseg_make_pseudohr -d 990 -o 991``         pseudo-HR images, labels, uncertainty maps, QC PNGs;
-4. ``nnUNetv2_plan_and_preprocess -d 990 991 --no_pp``; on a CPU, smaller plans for the thick-slice nnU-Net
-   (``nnUNetPlansCPU``: patch 8 x 64 x 64, 16 -> 128 features, z-score over the whole crop; on a GPU use
-   ``nnUNetPlans`` as they are) and ``nnUNetv2_preprocess -plans_name nnUNetPlansCPU``;
+4. ``nnUNetv2_plan_and_preprocess -d 990 991 --no_pp``; on a CPU, smaller plans for both stock nnU-Nets
+   (``nnUNetPlansCPU``: patch 8 x 64 x 64 on the thick slices, 32 x 64 x 64 on the pseudo-HR grid, 16 -> 128
+   features, z-score over the whole crop; on a GPU use ``nnUNetPlans`` as they are) and
+   ``nnUNetv2_preprocess -plans_name nnUNetPlansCPU``;
 5. the thick-slice nnU-Net REHRSeg starts from (``nnUNetv2_train 990 … -tr nnUNetTrainer_cpu``,
    8 x 20 iterations) and, as the comparison, the same nnU-Net trained for REHRSeg's whole budget
    (``-tr nnUNetTrainer_cpu16epochs``, 16 x 20 iterations);
 6. ``rehrseg_plan -d 991 --lr_plans …`` (the inner U-Net gets the thick-slice model's topology), then
    ``nnUNetv2_train 991 3d_fullres all -tr REHRSegTrainer_cpu -p REHRSegPlans -pretrained_weights …``:
    REHRSeg fine-tuned from the thick-slice model (8 x 20 iterations at lr 1e-3, METHOD.md);
-7. ``rehrseg_predict`` on the held-out thick-slice input -> 1 mm segmentation; ``nnUNetv2_predict`` with
-   the comparison model -> 4 mm segmentation, upsampled to 1 mm by shape-based interpolation (what a
-   user would do without REHRSeg);
-8. ``rehrseg_evaluate`` of both against the 1 mm tissue labels no step saw, next to the test
+7. SR + stock nnU-Net: ``nnUNetv2_train 991 … -tr nnUNetTrainer_cpu16epochs -p nnUNetPlansCPU`` on the
+   pseudo-HR images and labels (REHRSeg's whole budget);
+8. the held-out thick-slice input segmented at 1 mm four ways: ``rehrseg_predict --save_probabilities``;
+   ``rehrseg_super_resolve`` then ``nnUNetv2_predict --save_probabilities`` with the SR + stock nnU-Net;
+   ``nnUNetv2_ensemble`` of the two (the decision run's best row, docs/BENCHMARKS.md); and the comparison's
+   4 mm segmentation upsampled to 1 mm by shape-based interpolation (what a user would do without this package);
+9. ``rehrseg_evaluate`` of all four against the 1 mm tissue labels no step saw, next to the test
    acquisition's own thick-slice labels upsampled (what thick-slice annotation alone gives).
 
     python examples/quickstart.py [--work demo_output] [-device cpu]
@@ -52,7 +56,7 @@ SCALE_FACTOR = 4
 SLICE_AXIS = 2  # z
 TRAINER = "REHRSegTrainer_cpu"
 LR_TRAINER, BASELINE_TRAINER = "nnUNetTrainer_cpu", "nnUNetTrainer_cpu16epochs"
-LR_PLANS = "nnUNetPlansCPU"
+CPU_PLANS = "nnUNetPlansCPU"  # CPU-sized plans of both stock nnU-Nets
 
 
 def step(index: int, total: int, text: str) -> None:
@@ -127,10 +131,13 @@ def main() -> None:
     os.environ.setdefault("nnUNet_compile", "0")         # torch.compile costs more than it saves on CPU
     os.environ["nnUNet_extTrainer"] = EXT_TRAINER_FOLDER  # lets nnUNetv2_train find REHRSegTrainer
     started = time.time()
-    total = 8
+    total = 9
     test_folder, reference = os.path.join(work, "test"), os.path.join(work, "reference_1mm")
     test_images = os.path.join(test_folder, "images")
-    predictions = {"rehrseg": os.path.join(work, "predictions_hr"),
+    predictions = {"ensemble": os.path.join(work, "predictions_ensemble"),
+                   "rehrseg": os.path.join(work, "predictions_hr"),
+                   "sr_nnunet": os.path.join(work, "predictions_sr_nnunet"),
+                   "super_resolved": os.path.join(test_folder, "images_super_resolved"),
                    "nnunet_lr": os.path.join(work, "predictions_lr_nnunet"),
                    "nnunet_lr_shape_based": os.path.join(work, "predictions_lr_nnunet_shape_based_1mm"),
                    "lr_labels_upsampled": os.path.join(test_folder, "lr_labels_upsampled")}
@@ -149,24 +156,26 @@ def main() -> None:
     step(3, total, "pseudo-HR dataset: images, labels, uncertainty maps, QC pictures")
     run("rehrseg_make_pseudohr", "-d", str(SOURCE_ID), "-o", str(TARGET_ID), "-device", args.device)
 
-    step(4, total, "nnU-Net planning and preprocessing of both datasets; smaller plans for the thick-slice nnU-Net")
+    step(4, total, "nnU-Net planning and preprocessing of both datasets; smaller plans for the stock nnU-Nets")
     # --no_pp: both datasets are preprocessed below for the plans they train with (nnUNetPlansCPU, REHRSegPlans)
     run("nnUNetv2_plan_and_preprocess", "-d", str(SOURCE_ID), str(TARGET_ID), "-c", "3d_fullres", "-npfp", "1",
         "--verify_dataset_integrity", "--no_pp")
-    # on a GPU, train the thick-slice nnU-Net with nnUNetPlans as they are; on 2 CPU cores a 16-feature U-Net
-    # on 8 x 64 x 64 thick-slice patches (REHRSeg's patch: 32 x 64 x 64 on the 1 mm grid), z-scored over the
-    # whole cropped volume: inside nnU-Net's non-zero mask the zero background becomes the mean tissue value,
-    # which a few hundred iterations do not learn to tell from tissue (REHRSeg inherits this normalisation)
-    plans_file = write_resized_plans(os.path.join(os.environ["nnUNet_preprocessed"], SOURCE), [8, 64, 64],
-                                     base_features=16, max_features=128, batch_size=2, plans_name=LR_PLANS,
-                                     use_mask_for_norm=False)
-    print(f"      wrote {plans_file}")
-    run("nnUNetv2_preprocess", "-d", str(SOURCE_ID), "-plans_name", LR_PLANS, "-c", "3d_fullres", "-np", "1")
+    # on a GPU, train the stock nnU-Nets with nnUNetPlans as they are; on 2 CPU cores a 16-feature U-Net on
+    # 8 x 64 x 64 thick-slice patches (REHRSeg's patch: 32 x 64 x 64 on the 1 mm grid, as the SR + nnU-Net's),
+    # z-scored over the whole cropped volume: inside nnU-Net's non-zero mask the zero background becomes the
+    # mean tissue value, which a few hundred iterations do not learn to tell from tissue (REHRSeg inherits this
+    # normalisation)
+    for dataset_id, dataset, patch_size in ((SOURCE_ID, SOURCE, [8, 64, 64]), (TARGET_ID, TARGET, [32, 64, 64])):
+        plans_file = write_resized_plans(os.path.join(os.environ["nnUNet_preprocessed"], dataset), patch_size,
+                                         base_features=16, max_features=128, batch_size=2, plans_name=CPU_PLANS,
+                                         use_mask_for_norm=False)
+        print(f"      wrote {plans_file}")
+        run("nnUNetv2_preprocess", "-d", str(dataset_id), "-plans_name", CPU_PLANS, "-c", "3d_fullres", "-np", "1")
 
     step(5, total, "thick-slice nnU-Net: the model REHRSeg starts from, and the comparison at REHRSeg's whole budget")
-    lr_model = model_folder(SOURCE, lr_trainer, LR_PLANS)
-    train(SOURCE_ID, lr_model, lr_trainer, LR_PLANS, args.device)
-    train(SOURCE_ID, model_folder(SOURCE, baseline_trainer, LR_PLANS), baseline_trainer, LR_PLANS, args.device)
+    lr_model = model_folder(SOURCE, lr_trainer, CPU_PLANS)
+    train(SOURCE_ID, lr_model, lr_trainer, CPU_PLANS, args.device)
+    train(SOURCE_ID, model_folder(SOURCE, baseline_trainer, CPU_PLANS), baseline_trainer, CPU_PLANS, args.device)
 
     step(6, total, f"REHRSeg plans with the thick-slice model's U-Net, then {args.trainer} fine-tuned from it")
     run("rehrseg_plan", "-d", str(TARGET_ID), "--lr_plans", os.path.join(os.path.dirname(lr_model), "plans.json"),
@@ -174,18 +183,34 @@ def main() -> None:
     train(TARGET_ID, model_folder(TARGET, args.trainer, "REHRSegPlans"), args.trainer, "REHRSegPlans", args.device,
           "-pretrained_weights", os.path.join(lr_model, "checkpoint_final.pth"))
 
-    step(7, total, "segmentations of the held-out thick-slice input: REHRSeg (1 mm) and the comparison (4 mm -> 1 mm)")
+    step(7, total, f"SR + stock nnU-Net: {baseline_trainer} on the pseudo-HR dataset, REHRSeg's whole budget")
+    train(TARGET_ID, model_folder(TARGET, baseline_trainer, CPU_PLANS), baseline_trainer, CPU_PLANS, args.device)
+
+    step(8, total, "segmentations of the held-out thick-slice input: REHRSeg, SR + nnU-Net and their ensemble (1 mm), "
+                   "the comparison (4 mm -> 1 mm)")
+    no_tta = "--disable_tta"  # no mirroring at prediction: the CPU schedules train without it
     run("rehrseg_predict", "-i", test_images, "-o", predictions["rehrseg"], "-d", str(TARGET_ID),
-        "-tr", args.trainer, "-f", "all", "-device", args.device, "-npp", "1", "-nps", "1")
+        "-tr", args.trainer, "-f", "all", "-device", args.device, "-npp", "1", "-nps", "1", "--save_probabilities")
+    # a stock nnU-Net on the HR grid needs an HR input: the thick slices super-resolved by the dataset's SR model
+    run("rehrseg_super_resolve", "-i", test_images, "-o", predictions["super_resolved"], "-d", str(SOURCE_ID),
+        "-device", args.device)
+    run("nnUNetv2_predict", "-i", predictions["super_resolved"], "-o", predictions["sr_nnunet"], "-d", str(TARGET_ID),
+        "-tr", baseline_trainer, "-p", CPU_PLANS, "-c", "3d_fullres", "-f", "all", "-device", args.device,
+        "-npp", "1", "-nps", "1", no_tta, "--save_probabilities")
+    # both models wrote HR class probabilities on the same grid: nnU-Net's ensembling averages them
+    run("nnUNetv2_ensemble", "-i", predictions["rehrseg"], predictions["sr_nnunet"], "-o", predictions["ensemble"],
+        "-np", "1")
     run("nnUNetv2_predict", "-i", test_images, "-o", predictions["nnunet_lr"], "-d", str(SOURCE_ID),
-        "-tr", baseline_trainer, "-p", LR_PLANS, "-c", "3d_fullres", "-f", "all", "-device", args.device,
-        "-npp", "1", "-nps", "1", "--disable_tta")  # no mirroring, as REHRSeg (trained without it)
+        "-tr", baseline_trainer, "-p", CPU_PLANS, "-c", "3d_fullres", "-f", "all", "-device", args.device,
+        "-npp", "1", "-nps", "1", no_tta)
     upsample_shape_based(predictions["nnunet_lr"], predictions["nnunet_lr_shape_based"])
     print(f"      shape-based interpolation to 1 mm -> {predictions['nnunet_lr_shape_based']}")
 
-    step(8, total, "scores against the 1 mm tissue labels (never seen by any step)")
+    step(9, total, "scores against the 1 mm tissue labels (never seen by any step)")
     dataset_json = os.path.join(os.environ["nnUNet_raw"], TARGET, "dataset.json")
-    rows = (("rehrseg", f"REHRSeg ({args.trainer}, fine-tuned)"),
+    rows = (("ensemble", "ensemble: REHRSeg + SR nnU-Net"),
+            ("rehrseg", f"REHRSeg ({args.trainer}, fine-tuned)"),
+            ("sr_nnunet", f"SR + nnU-Net ({baseline_trainer})"),
             ("nnunet_lr_shape_based", f"nnU-Net 4 mm ({baseline_trainer}) + shape-based"),
             ("lr_labels_upsampled", "thick-slice labels upsampled (reference)"))
     summary = {}
@@ -196,19 +221,19 @@ def main() -> None:
         with open(os.path.join(predictions[key], "summary_rehrseg.json")) as handle:
             summary[key] = json.load(handle)["mean"]
     classes = [name for name in summary["rehrseg"] if name != "foreground"]
-    print(f"\nHeld-out acquisition, 1 mm grid ({lr_trainer} + {args.trainer} against {baseline_trainer}: the same "
-          f"number of iterations):")
+    print(f"\nHeld-out acquisition, 1 mm grid (training iterations: {lr_trainer} + {args.trainer} = {baseline_trainer} "
+          f"for each stock nnU-Net; the ensemble costs both of its members):")
     print(f"{'':48s} {'tissue Dice':>11s} {'HD95 mm':>8s}" + "".join(f" {name + ' Dice':>18s}" for name in classes))
     for key, text in rows:
         scores = summary[key]
         print(f"{text:48s} {scores['foreground']['dice']:11.4f} {scores['foreground']['hd95']:8.2f}"
               + "".join(f" {scores[name]['dice']:18.4f}" for name in classes))
     print(f"\nQC pictures: {os.path.join(os.environ['nnUNet_raw'], TARGET, 'qc')}")
-    print(f"HR segmentation: {predictions['rehrseg']}")
+    print(f"HR segmentations: {predictions['ensemble']} (ensemble), {predictions['rehrseg']} (REHRSeg)")
     print(f"total time {time.time() - started:.0f} s")
-    if not summary["rehrseg"]["foreground"]["dice"] > 0:
-        sys.exit("the REHRSeg prediction is empty")
-
+    for key in ("ensemble", "rehrseg", "sr_nnunet"):
+        if not summary[key]["foreground"]["dice"] > 0:
+            sys.exit(f"the {key} prediction is empty")
 
 if __name__ == "__main__":
     main()

@@ -32,9 +32,10 @@ def test_quickstart_runs_end_to_end(tmp_path):
                              "--lr-trainers", "nnUNetTrainer_cpuSmoke", "nnUNetTrainer_cpuSmoke4epochs"],
                             env=env, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
-    for index in range(1, 9):
-        assert f"[{index}/8]" in result.stdout
-    for row in ("REHRSeg (REHRSegTrainer_cpuSmoke, fine-tuned)",
+    for index in range(1, 10):
+        assert f"[{index}/9]" in result.stdout
+    for row in ("ensemble: REHRSeg + SR nnU-Net", "REHRSeg (REHRSegTrainer_cpuSmoke, fine-tuned)",
+                "SR + nnU-Net (nnUNetTrainer_cpuSmoke4epochs)",
                 "nnU-Net 4 mm (nnUNetTrainer_cpuSmoke4epochs) + shape-based",
                 "thick-slice labels upsampled (reference)"):
         assert row in result.stdout
@@ -51,11 +52,17 @@ def test_quickstart_runs_end_to_end(tmp_path):
     baseline = results / "Dataset990_MNIThick" / "nnUNetTrainer_cpuSmoke4epochs__nnUNetPlansCPU__3d_fullres" / \
         "fold_all"
     assert (baseline / "checkpoint_final.pth").is_file()
+    # SR + stock nnU-Net: trained on the pseudo-HR dataset with the HR CPU plans (patch 32 x 64 x 64)
+    sr_nnunet = results / "Dataset991_MNIThickPseudoHR" / "nnUNetTrainer_cpuSmoke4epochs__nnUNetPlansCPU__3d_fullres"
+    assert (sr_nnunet / "fold_all" / "checkpoint_final.pth").is_file()
+    plans = json.loads((sr_nnunet / "plans.json").read_text())
+    assert plans["configurations"]["3d_fullres"]["patch_size"] == [32, 64, 64]
 
     # the HR segmentation of the held-out 4 mm input: 4x the slices at 1 mm, origin 1.5 mm below the LR one; the
     # comparison's shape-based upsampling lands on the same grid
     lr = sitk.ReadImage(str(work / "test" / "images" / "mnitest_0000.nii.gz"))
-    for folder in ("predictions_hr", "predictions_lr_nnunet_shape_based_1mm"):
+    for folder in ("predictions_ensemble", "predictions_hr", "predictions_sr_nnunet",
+                   "predictions_lr_nnunet_shape_based_1mm"):
         hr = sitk.ReadImage(str(work / folder / "mnitest.nii.gz"))
         assert hr.GetSize() == (lr.GetSize()[0], lr.GetSize()[1], 4 * lr.GetSize()[2])
         np.testing.assert_allclose(hr.GetSpacing(), (1.0, 1.0, 1.0), atol=1e-6)
@@ -64,6 +71,12 @@ def test_quickstart_runs_end_to_end(tmp_path):
         summary = json.loads((work / folder / "summary_rehrseg.json").read_text())
         assert summary["grid"]["spacing"] == pytest.approx([1.0, 1.0, 1.0])
         assert 0.0 <= summary["mean"]["foreground"]["dice"] <= 1.0
+    # the ensemble is the argmax of the two members' averaged HR probabilities
+    members = [np.load(work / folder / "mnitest.npz")["probabilities"]
+               for folder in ("predictions_hr", "predictions_sr_nnunet")]
+    assert members[0].shape == members[1].shape and members[0].shape[1:] == hr.GetSize()[::-1]
+    ensemble = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "predictions_ensemble" / "mnitest.nii.gz")))
+    np.testing.assert_array_equal(ensemble, np.argmax((members[0] + members[1]) / 2, axis=0))
     thick = sitk.ReadImage(str(work / "predictions_lr_nnunet" / "mnitest.nii.gz"))
     assert thick.GetSize() == lr.GetSize() and thick.GetSpacing() == pytest.approx(lr.GetSpacing())
     qc = work / "nnUNet_raw" / "Dataset991_MNIThickPseudoHR" / "qc"
