@@ -278,14 +278,18 @@ def trainer_to_type(key: str) -> str:
     return "REHRSegTrainer" if key == recommended_key() else REHRSEG_TRAINERS.get(key, "")
 
 
+def readme_order(result: dict) -> list[str]:
+    """The README tables' rows: best HR class mean first, the oracle last."""
+    return sorted(result["methods"], key=lambda k: (k == "oracle_hr", -result["methods"][k]["per_class_mean_hr_dice"]))
+
+
 def readme_table(result: dict) -> str:
     """The README's table: quality (HR class mean ± std over test cases, per case, whole-tumour Dice and HD95) and
     cost (2 CPU cores, each timed alone) of every path, best class mean first, the oracle last."""
     cases = result["test_cases"]
     lines = ["| path | how | HR class mean | " + " | ".join(cases) + " | whole tumour Dice (HD95 mm) | "
              "train s/iteration | predict s/volume |", "|---" * (len(cases) + 6) + "|"]
-    order = sorted(result["methods"], key=lambda k: (k == "oracle_hr", -result["methods"][k]["per_class_mean_hr_dice"]))
-    for key in order:
+    for key in readme_order(result):
         row = result["methods"][key]
         name = f"**{key}**" if key == result.get("recommended") else key
         member = ENSEMBLES[row["ensembled"]][0] if row.get("ensembled") in ENSEMBLES else None  # its REHRSeg row
@@ -298,6 +302,29 @@ def readme_table(result: dict) -> str:
                      f" | {number(row['train_seconds_per_iteration'], 2)}"
                      f" | {number(row['predict_seconds_per_volume'], 0)} |")
     return "\n".join(lines)
+
+
+def readme_class_table(result: dict) -> str:
+    """The README's per-class table: HR Dice mean ± std over test cases of every class and of the whole tumour (its
+    HD95 mm) and tumour core, in the order of :func:`readme_table`, so that no class hides behind the mean."""
+    regions = [*CLASSES, "whole_tumour", "tumour_core"]
+    lines = ["| path | " + " | ".join(name.replace("_", " ") for name in regions) + " |",
+             "|---" * (len(regions) + 1) + "|"]
+    for key in readme_order(result):
+        row = result["methods"][key]
+        cells = []
+        for name in regions:
+            dice = row["hr"][name]["dice"]
+            cell = f"{dice['mean']:.3f}" + (f" ± {dice['std']:.3f}" if dice["cases"] > 1 else "")
+            cells.append(cell + (f" ({row['hr'][name]['hd95']['mean']:.1f})" if name == "whole_tumour" else ""))
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def readme_tables(result: dict) -> str:
+    """What ``--readme`` writes between the README's markers: quality and cost, then every class."""
+    return (readme_table(result) + "\n\nHR Dice per class, mean ± std over the test cases (whole tumour: HD95 mm in "
+            "brackets):\n\n" + readme_class_table(result))
 
 
 #: the lines around the table in README.md that ``--readme`` rewrites
@@ -340,7 +367,7 @@ def main() -> None:
     from rehrseg_nnunet.file_writing import write_json_atomically
     write_json_atomically(args.output, result)
     print(markdown(result))
-    print("\nREADME (Which path should I use?):\n" + readme_table(result))
+    print("\nREADME (Which path should I use?):\n" + readme_tables(result))
     print("\nSpearman rho (LR-grid vs HR class mean, per test case):",
           {c: (None if v["rho"] is None else round(v["rho"], 3))
            for c, v in result["spearman_lr_vs_hr_class_mean"].items()})
@@ -354,12 +381,12 @@ def main() -> None:
         with open(args.readme) as handle:
             readme = handle.read()
         try:
-            readme = with_readme_table(readme, readme_table(result))
+            readme = with_readme_table(readme, readme_tables(result))
         except ValueError as error:
             sys.exit(f"{args.readme}: {error}")
         with open(args.readme, "w") as handle:
             handle.write(readme)
-        print(f"rewrote the table of {args.readme}")
+        print(f"rewrote the tables of {args.readme}")
 
 
 if __name__ == "__main__":

@@ -351,6 +351,13 @@ def test_a_fold_cut_short_has_its_finished_models_written_and_merged_as_pending(
     from brats_methods import recommended_key
     shipped = "`-tr REHRSegTrainer`," if recommended_key() == "rehrseg_paper" else "`-tr REHRSegTrainer_paper`,"
     assert shipped in row
+    # every class of every path, in the same order as the first table
+    classes = cv.readme_class_table(result).splitlines()
+    assert len(classes) == len(table) and classes[0].startswith("| path | necrosis | edema | non enhancing |")
+    assert [line.split(" | ")[0] for line in classes[2:]] == [line.split(" | ")[0].replace("**", "")
+                                                             for line in table[2:]]
+    necrosis = result["methods"]["rehrseg_paper"]["hr"]["necrosis"]["dice"]["mean"]
+    assert f"| rehrseg_paper | {necrosis:.3f} |" in cv.readme_class_table(result)
     # --readme: the table between the README's markers is replaced, the rest of the README kept as it was
     start, end = cv.README_MARKERS
     readme = f"# title\n\n## Which path should I use?\n\n{start}\n| old | table |\n{end}\n\ntext after\n"
@@ -373,4 +380,4 @@ def test_the_readme_quotes_the_decision_json():
     cv = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cv)
     readme = (BENCHMARKS.parent / "README.md").read_text()
-    assert cv.readme_table(json.loads(decision.read_text())) in readme
+    assert cv.readme_tables(json.loads(decision.read_text())) in readme
