@@ -223,10 +223,11 @@ def main() -> None:
     classes = [name for name in summary["rehrseg"] if name != "foreground"]
     print(f"\nHeld-out acquisition, 1 mm grid (training iterations: {lr_trainer} + {args.trainer} = {baseline_trainer} "
           f"for each stock nnU-Net; the ensemble costs both of its members):")
-    print(f"{'':48s} {'tissue Dice':>11s} {'HD95 mm':>8s}" + "".join(f" {name + ' Dice':>18s}" for name in classes))
+    width = max(len(text) for _, text in rows)
+    print(f"{'':{width}s} {'tissue Dice':>11s} {'HD95 mm':>8s}" + "".join(f" {name + ' Dice':>18s}" for name in classes))
     for key, text in rows:
         scores = summary[key]
-        print(f"{text:48s} {scores['foreground']['dice']:11.4f} {scores['foreground']['hd95']:8.2f}"
+        print(f"{text:{width}s} {scores['foreground']['dice']:11.4f} {scores['foreground']['hd95']:8.2f}"
               + "".join(f" {scores[name]['dice']:18.4f}" for name in classes))
     print(f"\nQC pictures: {os.path.join(os.environ['nnUNet_raw'], TARGET, 'qc')}")
     print(f"HR segmentations: {predictions['ensemble']} (ensemble), {predictions['rehrseg']} (REHRSeg)")
