@@ -224,7 +224,8 @@ def main() -> None:
     print(f"\nHeld-out acquisition, 1 mm grid (training iterations: {lr_trainer} + {args.trainer} = {baseline_trainer} "
           f"for each stock nnU-Net; the ensemble costs both of its members):")
     width = max(len(text) for _, text in rows)
-    print(f"{'':{width}s} {'tissue Dice':>11s} {'HD95 mm':>8s}" + "".join(f" {name + ' Dice':>18s}" for name in classes))
+    print(f"{'':{width}s} {'tissue Dice':>11s} {'HD95 mm':>8s}"
+          + "".join(f" {name + ' Dice':>18s}" for name in classes))
     for key, text in rows:
         scores = summary[key]
         print(f"{text:{width}s} {scores['foreground']['dice']:11.4f} {scores['foreground']['hd95']:8.2f}"
