@@ -231,13 +231,18 @@ def merge(folds_folder: str, committed: list[str], results: str, replace: tuple[
                       for case, parts in folds.items()}}
 
 
+def dice_cell(row: dict, name: str) -> str:
+    """HR Dice mean ± std over test cases (the std only where there are several) of one class or region."""
+    dice = row["hr"][name]["dice"]
+    return f"{dice['mean']:.3f}" + (f" ± {dice['std']:.3f}" if dice["cases"] > 1 else "")
+
+
 def table_cell(row: dict, name: str) -> str:
     """Dice mean ± std over test cases (HD95 mean, mm) of one class or region, "–" where never present."""
     if name not in row["hr"]:
         return "–"
-    dice, hd95 = row["hr"][name]["dice"], row["hr"][name].get("hd95", {"mean": float("nan")})
-    spread = f" ± {dice['std']:.3f}" if dice["cases"] > 1 else ""
-    return f"{dice['mean']:.3f}{spread} ({hd95['mean']:.1f})"
+    hd95 = row["hr"][name].get("hd95", {"mean": float("nan")})
+    return f"{dice_cell(row, name)} ({hd95['mean']:.1f})"
 
 
 def number(value: float | None, digits: int) -> str:
@@ -312,11 +317,7 @@ def readme_class_table(result: dict) -> str:
              "|---" * (len(regions) + 1) + "|"]
     for key in readme_order(result):
         row = result["methods"][key]
-        cells = []
-        for name in regions:
-            dice = row["hr"][name]["dice"]
-            cell = f"{dice['mean']:.3f}" + (f" ± {dice['std']:.3f}" if dice["cases"] > 1 else "")
-            cells.append(cell + (f" ({row['hr'][name]['hd95']['mean']:.1f})" if name == "whole_tumour" else ""))
+        cells = [table_cell(row, name) if name == "whole_tumour" else dice_cell(row, name) for name in regions]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
