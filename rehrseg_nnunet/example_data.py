@@ -46,14 +46,29 @@ def mni_template() -> tuple[sitk.Image, sitk.Image]:
     return t1, label
 
 
+def head_box(image: sitk.Image, margin: int = 4) -> tuple[list[int], list[int]]:
+    """The non-zero voxels' bounding box grown by ``margin`` voxels (clipped to the image), as SimpleITK's
+    (index, size), x y z.
+
+    The template's zero surround (half its voxels) is cropped: every stage works on the head alone, as
+    nnU-Net's own cropping would, and the example runs twice as fast.
+    """
+    nonzero = np.nonzero(sitk.GetArrayFromImage(image))  # z y x
+    low = [max(int(axis.min()) - margin, 0) for axis in nonzero[::-1]]
+    high = [min(int(axis.max()) + 1 + margin, size) for axis, size in zip(nonzero[::-1], image.GetSize(), strict=True)]
+    return low, [h - lo for lo, h in zip(low, high, strict=True)]
+
+
 def example_cases(num_cases: int = 2, scale_factor: int = 4) -> list[ExampleCase]:
-    """HR cases: the template cropped at different slice phases (offset 0, r/2, … mm along z)."""
+    """HR cases: the template cropped to the head (:func:`head_box`) at different slice phases (offset 0, r/2,
+    … mm along z)."""
     t1, label = mni_template()
-    size = t1.GetSize()
+    box_start, box_size = head_box(t1)
     cases = []
     for index in range(num_cases):
         start = (index * scale_factor // max(num_cases, 1)) % scale_factor
-        index_start, region_size = [0, 0, start], [size[0], size[1], size[2] - start]
+        index_start = [box_start[0], box_start[1], box_start[2] + start]
+        region_size = [box_size[0], box_size[1], box_size[2] - start]
         cases.append(ExampleCase(f"mni{index:03d}", sitk.RegionOfInterest(t1, region_size, index_start),
                                  sitk.RegionOfInterest(label, region_size, index_start)))
     return cases

@@ -350,3 +350,32 @@ def test_resized_plans_without_the_mask_normalisation_get_their_own_data(fine_tu
     assert kept["data_identifier"] == plans["configurations"]["3d_fullres"]["data_identifier"]
     off = resized_plans(plans, [4, 32, 32], 8, 24, 2, "P", use_mask_for_norm=False)["configurations"]["3d_fullres"]
     assert off["use_mask_for_norm"] == [False] and off["data_identifier"] == "P_3d_fullres"
+
+
+def test_short_schedules_redraw_progress_every_few_epochs_and_after_the_last():
+    """nnU-Net redraws progress.png after every epoch (about 1 s on 2 CPU cores); short schedules every
+    ``plot_every`` epochs and after the last, and leave the logger as it was."""
+    from rehrseg_nnunet.training.variants import ShortSchedule
+
+    class Logger:
+        def __init__(self):
+            self.drawn = []
+
+        def plot_progress_png(self, output_folder):
+            self.drawn.append(output_folder)
+
+    class StockEpochEnd:  # what nnUNetTrainer.on_epoch_end does with the logger and the epoch counter
+        def on_epoch_end(self):
+            self.logger.plot_progress_png(f"epoch {self.current_epoch}")
+            self.current_epoch += 1
+
+    class Schedule(ShortSchedule, StockEpochEnd):
+        pass
+
+    for num_epochs, expected in ((8, ["epoch 3", "epoch 7"]), (6, ["epoch 3", "epoch 5"]), (2, ["epoch 1"])):
+        trainer = object.__new__(Schedule)  # no nnU-Net set-up: only the epoch-end logic is under test
+        trainer.logger, trainer.current_epoch, trainer.num_epochs = Logger(), 0, num_epochs
+        for _ in range(num_epochs):
+            trainer.on_epoch_end()
+        assert trainer.logger.drawn == expected
+        assert "plot_progress_png" not in vars(trainer.logger)

@@ -52,11 +52,14 @@ def test_quickstart_runs_end_to_end(tmp_path):
     baseline = results / "Dataset990_MNIThick" / "nnUNetTrainer_cpuSmoke4epochs__nnUNetPlansCPU__3d_fullres" / \
         "fold_all"
     assert (baseline / "checkpoint_final.pth").is_file()
-    # SR + stock nnU-Net: trained on the pseudo-HR dataset with the HR CPU plans (patch 32 x 64 x 64)
+    # SR + stock nnU-Net: trained on the pseudo-HR dataset with the HR CPU plans (patch 32 x 64 x 64, 8 -> 64
+    # features)
     sr_nnunet = results / "Dataset991_MNIThickPseudoHR" / "nnUNetTrainer_cpuSmoke4epochs__nnUNetPlansCPU__3d_fullres"
     assert (sr_nnunet / "fold_all" / "checkpoint_final.pth").is_file()
     plans = json.loads((sr_nnunet / "plans.json").read_text())
     assert plans["configurations"]["3d_fullres"]["patch_size"] == [32, 64, 64]
+    features = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"]
+    assert features[0] == 8 and max(features) == 64
 
     # the HR segmentation of the held-out 4 mm input: 4x the slices at 1 mm, origin 1.5 mm below the LR one; the
     # comparison's shape-based upsampling lands on the same grid
