@@ -57,6 +57,7 @@ SLICE_AXIS = 2  # z
 TRAINER = "REHRSegTrainer_cpu"
 LR_TRAINER, BASELINE_TRAINER = "nnUNetTrainer_cpu", "nnUNetTrainer_cpu16epochs"
 CPU_PLANS = "nnUNetPlansCPU"  # CPU-sized plans of both stock nnU-Nets
+WORKERS = "2"  # processes for nnU-Net's fingerprinting and preprocessing: one per core of a 2-core machine
 
 
 STARTED = time.monotonic()  # the steps print the time elapsed since the script started
@@ -119,7 +120,7 @@ def main() -> None:
     parser.add_argument("--work", default="demo_output",
                         help="folder for nnUNet_raw/_preprocessed/_results and outputs")
     parser.add_argument("-device", default="cpu", choices=["cpu", "cuda", "mps"])
-    parser.add_argument("--sr-steps", type=int, nargs=3, default=[300, 100, 300], help="SR training steps of 1a 1b 1c")
+    parser.add_argument("--sr-steps", type=int, nargs=3, default=[200, 75, 200], help="SR training steps of 1a 1b 1c")
     parser.add_argument("-tr", dest="trainer", default=TRAINER, help=f"REHRSeg trainer (default {TRAINER})")
     parser.add_argument("--lr-trainers", nargs=2, default=[LR_TRAINER, BASELINE_TRAINER],
                         metavar=("START", "COMPARISON"),
@@ -163,7 +164,7 @@ def main() -> None:
 
     step(4, total, "nnU-Net planning and preprocessing of both datasets; smaller plans for the stock nnU-Nets")
     # --no_pp: both datasets are preprocessed below for the plans they train with (nnUNetPlansCPU, REHRSegPlans)
-    run("nnUNetv2_plan_and_preprocess", "-d", str(SOURCE_ID), str(TARGET_ID), "-c", "3d_fullres", "-npfp", "1",
+    run("nnUNetv2_plan_and_preprocess", "-d", str(SOURCE_ID), str(TARGET_ID), "-c", "3d_fullres", "-npfp", WORKERS,
         "--verify_dataset_integrity", "--no_pp")
     # on a GPU, train the stock nnU-Nets with nnUNetPlans as they are; on 2 CPU cores an 8 -> 64-feature U-Net
     # (2.3x faster per HR iteration than 16 -> 128) on 8 x 64 x 64 thick-slice patches (REHRSeg's patch:
@@ -175,7 +176,7 @@ def main() -> None:
                                          base_features=8, max_features=64, batch_size=2, plans_name=CPU_PLANS,
                                          use_mask_for_norm=False)
         print(f"      wrote {plans_file}")
-        run("nnUNetv2_preprocess", "-d", str(dataset_id), "-plans_name", CPU_PLANS, "-c", "3d_fullres", "-np", "1")
+        run("nnUNetv2_preprocess", "-d", str(dataset_id), "-plans_name", CPU_PLANS, "-c", "3d_fullres", "-np", WORKERS)
 
     step(5, total, "thick-slice nnU-Net: the model REHRSeg starts from, and the comparison at REHRSeg's whole budget")
     lr_model = model_folder(SOURCE, lr_trainer, CPU_PLANS)
@@ -184,7 +185,7 @@ def main() -> None:
 
     step(6, total, f"REHRSeg plans with the thick-slice model's U-Net, then {args.trainer} fine-tuned from it")
     run("rehrseg_plan", "-d", str(TARGET_ID), "--lr_plans", os.path.join(os.path.dirname(lr_model), "plans.json"),
-        "-np", "1")
+        "-np", WORKERS)
     train(TARGET_ID, model_folder(TARGET, args.trainer, "REHRSegPlans"), args.trainer, "REHRSegPlans", args.device,
           "-pretrained_weights", os.path.join(lr_model, "checkpoint_final.pth"))
 
