@@ -42,7 +42,8 @@ from rehrseg_nnunet.training import EXT_TRAINER_FOLDER
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE_ID, TARGET_ID = 921, 922
 SR_STEPS = ["600", "150", "600"]
-TRAINER = "REHRSegTrainer_cpu50epochs"  # 50 x 20 iterations: the 8 x 20 of REHRSegTrainer_cpu learnt no tumour
+# 50 x 20 iterations: 8 x 20 (REHRSegTrainer_cpu until 2026-12-07; 8 x 15 since) learnt no tumour
+TRAINER = "REHRSegTrainer_cpu50epochs"
 
 
 def script(name: str) -> str:
